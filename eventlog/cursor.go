@@ -14,6 +14,8 @@ type Entry struct {
 	// Missing is the first revision of a hole just before this one: revisions [Missing, Rev) are
 	// no longer in the log (dropped by its limits or by Jump). Zero when there is no hole.
 	Missing int64
+	// Pending is how many revisions the log held after this one when it was delivered.
+	Pending uint64
 	// Err is a decoding error: the message at Rev is corrupt or foreign and must not be applied.
 	Err error
 }
@@ -67,7 +69,7 @@ func (c *Cursor) Next(ctx context.Context) (Entry, error) {
 		if seq < c.next {
 			continue // redelivered after a consumer reset
 		}
-		e := Entry{}
+		e := Entry{Pending: md.NumPending}
 		if seq > c.next {
 			e.Missing = c.next
 		}

@@ -1,0 +1,185 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+	"google.golang.org/grpc"
+
+	"github.com/watchgate/watchgate/eventlog"
+)
+
+// Options configures a gateway replica.
+type Options struct {
+	// Member is a client of the etcd member cluster that writes, reads and leases pass through
+	// to. Required. It must not carry credentials of its own (Username/Password): callers'
+	// auth tokens are forwarded with each call, and a connection-level token would be sent
+	// first and lend every caller the gateway's identity.
+	Member *clientv3.Client
+	// JetStream reaches the event log. Required.
+	JetStream jetstream.JetStream
+	// Log names the event log's stream. Default: eventlog.Config's defaults.
+	Log eventlog.Config
+	// AdvertiseClientURL is the URL MemberList reports for this replica.
+	// Default "http://127.0.0.1:2379".
+	AdvertiseClientURL string
+	// HistoryRevisions bounds the in-memory history ring by count. Default 10,000.
+	HistoryRevisions int
+	// HistoryBytes bounds the history ring by encoded size. Default 64 MiB.
+	HistoryBytes int64
+	// WatchSendBuffer is how many responses a watch stream queues before its watchers fall
+	// back to catching up from history. Default 256.
+	WatchSendBuffer int
+	// MaxRequestBytes is the largest request accepted, as etcd's --max-request-bytes; the gRPC
+	// limit is this plus etcd's 512 KiB allowance. Default 1.5 MiB, etcd's default.
+	MaxRequestBytes int
+	// RetryDelay is the pause before resuming after an event log error. Default 500 ms.
+	RetryDelay time.Duration
+	// Logger receives warnings and errors. Default: discard.
+	Logger *slog.Logger
+	// Meter records metrics. Default: no-op.
+	Meter metric.Meter
+}
+
+func (o *Options) setDefaults() error {
+	if o.Member == nil || o.JetStream == nil {
+		return errors.New("gateway: Member and JetStream are required")
+	}
+	if o.AdvertiseClientURL == "" {
+		o.AdvertiseClientURL = "http://127.0.0.1:2379"
+	}
+	if o.HistoryRevisions <= 0 {
+		o.HistoryRevisions = 10000
+	}
+	if o.HistoryBytes <= 0 {
+		o.HistoryBytes = 64 << 20
+	}
+	if o.WatchSendBuffer <= 0 {
+		o.WatchSendBuffer = 256
+	}
+	if o.MaxRequestBytes <= 0 {
+		o.MaxRequestBytes = 3 << 19 // 1.5 MiB
+	}
+	if o.RetryDelay <= 0 {
+		o.RetryDelay = 500 * time.Millisecond
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Meter == nil {
+		o.Meter = noop.NewMeterProvider().Meter("")
+	}
+	return nil
+}
+
+// grpcOverheadBytes is the allowance etcd adds to --max-request-bytes for gRPC framing.
+const grpcOverheadBytes = 512 * 1024
+
+// Server is one gateway replica. Create it with New, serve it with NewGRPCServer (or Register
+// on your own grpc.Server) and run its log consumer with Run.
+type Server struct {
+	o   Options
+	m   *metrics
+	hub *hub
+
+	// hdr is the response header template (cluster id, member id, raft term) from the member,
+	// refreshed by every revision probe.
+	hdr atomic.Pointer[pb.ResponseHeader]
+}
+
+// New checks o and builds a replica. It does no I/O.
+func New(o Options) (*Server, error) {
+	if err := o.setDefaults(); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(o.Meter)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: metrics: %w", err)
+	}
+	s := &Server{o: o, m: m}
+	s.hdr.Store(&pb.ResponseHeader{})
+	s.hub = newHub(o, m, s.header)
+	return s, nil
+}
+
+// Register adds the replica's etcd services to g: KV, Watch, Lease, Maintenance and Cluster.
+func (s *Server) Register(g *grpc.Server) {
+	conn := s.o.Member.ActiveConnection()
+	pb.RegisterKVServer(g, newKVServer(conn))
+	pb.RegisterWatchServer(g, &watchServer{s: s})
+	pb.RegisterLeaseServer(g, newLeaseServer(conn))
+	pb.RegisterMaintenanceServer(g, newMaintenanceServer(conn))
+	pb.RegisterClusterServer(g, newClusterServer(conn, s.o.AdvertiseClientURL))
+}
+
+// NewGRPCServer returns a grpc.Server with etcd's message size limits and the replica's
+// services registered.
+func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
+	opts = append([]grpc.ServerOption{
+		grpc.MaxRecvMsgSize(s.o.MaxRequestBytes + grpcOverheadBytes),
+		grpc.MaxSendMsgSize(math.MaxInt32),
+		grpc.MaxConcurrentStreams(math.MaxUint32),
+	}, opts...)
+	g := grpc.NewServer(opts...)
+	s.Register(g)
+	return g
+}
+
+// Run binds the event log (waiting for ingest to create it) and consumes it until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	var log *eventlog.Log
+	for {
+		var err error
+		if log, err = eventlog.Bind(ctx, s.o.JetStream, s.o.Log); err == nil {
+			break
+		}
+		s.o.Logger.Warn("waiting for the event log", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(s.o.RetryDelay):
+		}
+	}
+	if _, err := s.currentRevision(ctx); err != nil {
+		s.o.Logger.Warn("member not reachable yet", "err", err)
+	}
+	return s.hub.run(ctx, log)
+}
+
+// Ready reports whether the replica has caught up with the event log as it stood at startup.
+func (s *Server) Ready() bool {
+	_, ready := s.hub.status()
+	return ready
+}
+
+// Applied is the last revision the replica has applied from the event log.
+func (s *Server) Applied() int64 {
+	applied, _ := s.hub.status()
+	return applied
+}
+
+// header returns a response header at revision rev.
+func (s *Server) header(rev int64) *pb.ResponseHeader {
+	t := s.hdr.Load()
+	return &pb.ResponseHeader{ClusterId: t.ClusterId, MemberId: t.MemberId, RaftTerm: t.RaftTerm, Revision: rev}
+}
+
+// currentRevision reads etcd's current revision linearizably.
+func (s *Server) currentRevision(ctx context.Context) (int64, error) {
+	r, err := s.o.Member.Get(ctx, "\x00", clientv3.WithCountOnly())
+	if err != nil {
+		return 0, err
+	}
+	s.hdr.Store(r.Header)
+	return r.Header.Revision, nil
+}

@@ -1,0 +1,281 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"sync"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/storage/mvcc"
+)
+
+// watchServer implements etcd's Watch service from the hub, never from an etcd watch.
+type watchServer struct {
+	pb.UnimplementedWatchServer
+	s *Server
+}
+
+// Watch serves one client watch stream. Like etcd, it keeps serving after the client half-closes
+// and ends when the client goes away or a send fails.
+func (ws *watchServer) Watch(srv pb.Watch_WatchServer) error {
+	s := ws.s
+	ctx, cancel := context.WithCancel(srv.Context())
+	st := &watchStream{
+		srv:      srv,
+		s:        s,
+		ctx:      ctx,
+		cancel:   cancel,
+		out:      make(chan outMsg, s.o.WatchSendBuffer),
+		watchers: make(map[int64]*watcher),
+	}
+	s.m.streams.Add(ctx, 1)
+	defer s.m.streams.Add(context.Background(), -1)
+
+	errc := make(chan error, 2)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := st.sendLoop(); err != nil {
+			errc <- err
+		}
+	})
+	go func() {
+		if err := st.recvLoop(); err != nil {
+			errc <- err
+		}
+	}()
+	var err error
+	select {
+	case err = <-errc:
+	case <-srv.Context().Done():
+		err = srv.Context().Err()
+	}
+	if errors.Is(err, context.Canceled) {
+		err = rpctypes.ErrGRPCWatchCanceled
+	}
+	st.close()
+	wg.Wait()
+	return err
+}
+
+// watchStream is one client watch stream and its watchers.
+type watchStream struct {
+	srv    pb.Watch_WatchServer
+	s      *Server
+	ctx    context.Context // ends with the stream
+	cancel context.CancelFunc
+
+	// out carries responses to sendLoop. The hub sends to it without blocking (trySend);
+	// catch-up goroutines and the receive loop block on it (send). Its capacity is
+	// Options.WatchSendBuffer.
+	out chan outMsg
+
+	mu sync.Mutex
+	// Guarded by mu.
+	watchers map[int64]*watcher
+	nextID   int64 // next automatic watch id, as etcd assigns them
+}
+
+// outMsg is a response for sendLoop; w is set for event responses, which are dropped if w has
+// been canceled by the time they would be sent.
+type outMsg struct {
+	resp *pb.WatchResponse
+	w    *watcher
+}
+
+func (st *watchStream) sendLoop() error {
+	for {
+		select {
+		case m := <-st.out:
+			if m.w != nil && m.w.canceled() {
+				continue
+			}
+			if err := st.srv.Send(m.resp); err != nil {
+				return err
+			}
+			st.s.m.eventsOut.Add(st.ctx, int64(len(m.resp.Events)))
+		case <-st.ctx.Done():
+			return nil
+		}
+	}
+}
+
+func (st *watchStream) recvLoop() error {
+	for {
+		req, err := st.srv.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch r := req.RequestUnion.(type) {
+		case *pb.WatchRequest_CreateRequest:
+			if r.CreateRequest != nil {
+				st.create(r.CreateRequest)
+			}
+		case *pb.WatchRequest_CancelRequest:
+			if r.CancelRequest != nil {
+				st.cancelWatch(r.CancelRequest.WatchId)
+			}
+		}
+	}
+}
+
+// trySend queues an event response without blocking; false means the stream is full.
+func (st *watchStream) trySend(w *watcher, resp *pb.WatchResponse) bool {
+	select {
+	case st.out <- outMsg{resp: resp, w: w}:
+		return true
+	default:
+		return false
+	}
+}
+
+// send queues a response, blocking while the stream is full. w, if set, marks an event
+// response. It returns false if w or the stream ended first.
+func (st *watchStream) send(w *watcher, resp *pb.WatchResponse) bool {
+	var wdone chan struct{}
+	if w != nil {
+		wdone = w.done
+	}
+	select {
+	case st.out <- outMsg{resp: resp, w: w}:
+		return true
+	case <-wdone:
+		return false
+	case <-st.ctx.Done():
+		return false
+	}
+}
+
+// create handles a WatchCreateRequest as etcd's watch server does.
+func (st *watchStream) create(cr *pb.WatchCreateRequest) {
+	s := st.s
+	key, end := cr.Key, cr.RangeEnd
+	if len(key) == 0 {
+		key = []byte{0} // the smallest key
+	}
+	switch {
+	case len(end) == 0:
+		end = nil
+	case len(end) == 1 && end[0] == 0:
+		end = []byte{} // every key >= key
+	}
+	if cr.StartRevision < 0 {
+		st.reject(rpctypes.ErrCompacted.Error())
+		return
+	}
+	if len(end) != 0 && bytes.Compare(key, end) >= 0 {
+		st.reject(mvcc.ErrEmptyWatcherRange.Error())
+		return
+	}
+
+	start := cr.StartRevision
+	headerRev, _ := s.hub.status()
+	if start == 0 {
+		// "From now" means after etcd's current revision, read linearizably, so a client that
+		// wrote at revision R and then watches does not receive R.
+		rev, err := s.currentRevision(st.ctx)
+		if err != nil {
+			st.reject(rpctypes.ErrorDesc(err))
+			return
+		}
+		start, headerRev = rev+1, rev
+	}
+
+	st.mu.Lock()
+	if st.watchers == nil { // the stream has closed
+		st.mu.Unlock()
+		return
+	}
+	id := cr.WatchId
+	if id == clientv3.AutoWatchID {
+		for st.watchers[st.nextID] != nil {
+			st.nextID++
+		}
+		id = st.nextID
+		st.nextID++
+	} else if st.watchers[id] != nil {
+		st.mu.Unlock()
+		st.reject(mvcc.ErrWatcherDuplicateID.Error())
+		return
+	}
+	w := newWatcher(st, id, cr, key, end)
+	st.watchers[id] = w
+	st.mu.Unlock()
+	s.m.watchers.Add(st.ctx, 1)
+
+	st.send(nil, &pb.WatchResponse{Header: s.header(headerRev), WatchId: id, Created: true})
+	compact, err := s.hub.add(w, start)
+	if err != nil {
+		w.cancel()
+		st.sendCompacted(w, compact)
+	}
+}
+
+// reject answers a create request that cannot be served, as etcd does: created and canceled at
+// once, with watch id -1 and the reason.
+func (st *watchStream) reject(reason string) {
+	applied, _ := st.s.hub.status()
+	st.send(nil, &pb.WatchResponse{Header: st.s.header(applied), WatchId: clientv3.InvalidWatchID,
+		Created: true, Canceled: true, CancelReason: reason})
+}
+
+// cancelWatch handles a WatchCancelRequest. Like etcd, an unknown id gets no answer.
+func (st *watchStream) cancelWatch(id int64) {
+	st.mu.Lock()
+	w := st.watchers[id]
+	delete(st.watchers, id)
+	st.mu.Unlock()
+	if w == nil {
+		return
+	}
+	st.s.hub.remove(w)
+	st.s.m.watchers.Add(context.Background(), -1)
+	applied, _ := st.s.hub.status()
+	st.send(nil, &pb.WatchResponse{Header: st.s.header(applied), WatchId: id, Canceled: true})
+}
+
+// forget drops w from the stream's watchers, if it is still there.
+func (st *watchStream) forget(w *watcher) {
+	st.mu.Lock()
+	if st.watchers[w.id] == w {
+		delete(st.watchers, w.id)
+		st.s.m.watchers.Add(context.Background(), -1)
+	}
+	st.mu.Unlock()
+}
+
+// sendCompacted tells the client that w's history is gone, as etcd does: canceled, with the
+// compact revision from which it may watch again. w must already be removed from the hub.
+func (st *watchStream) sendCompacted(w *watcher, compact int64) {
+	st.forget(w)
+	applied, _ := st.s.hub.status()
+	st.send(nil, &pb.WatchResponse{Header: st.s.header(applied), WatchId: w.id,
+		CompactRevision: compact, Canceled: true})
+}
+
+// sendCanceled cancels w with a reason. w must already be removed from the hub.
+func (st *watchStream) sendCanceled(w *watcher, reason string) {
+	st.forget(w)
+	applied, _ := st.s.hub.status()
+	st.send(nil, &pb.WatchResponse{Header: st.s.header(applied), WatchId: w.id,
+		Canceled: true, CancelReason: reason})
+}
+
+// close ends the stream and removes its watchers from the hub.
+func (st *watchStream) close() {
+	st.cancel()
+	st.mu.Lock()
+	ws := st.watchers
+	st.watchers = nil
+	st.mu.Unlock()
+	for _, w := range ws {
+		st.s.hub.remove(w)
+		st.s.m.watchers.Add(context.Background(), -1)
+	}
+}
