@@ -6,6 +6,8 @@ package gateway
 
 import (
 	"context"
+	"errors"
+	"io"
 	"math"
 	"strings"
 
@@ -23,8 +25,7 @@ import (
 // "hasleader" require-leader flag, the auth "token") and deadline travel with the upstream call,
 // and a caller that goes away cancels it. kvServer holds no state of its own and is safe for
 // concurrent use.
-//
-// RangeStream is not forwarded; it stays Unimplemented.
+// RangeStream (etcd 3.7) is forwarded chunk by chunk.
 type kvServer struct {
 	pb.UnimplementedKVServer
 
@@ -42,6 +43,27 @@ func newKVServer(conn *grpc.ClientConn) *kvServer {
 // Range forwards a range request.
 func (s *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	return s.kv.Range(passthroughContext(ctx), r, passthroughCallOptions()...)
+}
+
+// RangeStream forwards a streaming range: each chunk the member sends is relayed as it
+// arrives, and the member's error, if any, ends the client's stream unchanged.
+func (s *kvServer) RangeStream(r *pb.RangeRequest, srv pb.KV_RangeStreamServer) error {
+	up, err := s.kv.RangeStream(passthroughContext(srv.Context()), r, passthroughCallOptions()...)
+	if err != nil {
+		return err
+	}
+	for {
+		resp, err := up.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := srv.Send(resp); err != nil {
+			return err
+		}
+	}
 }
 
 // Put forwards a put request.

@@ -7,6 +7,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -602,6 +603,30 @@ func passthroughCases() []passthroughCase {
 		}},
 		{name: "get future revision", wantErr: etcdErr(rpctypes.ErrGRPCFutureRev), run: func(ctx context.Context, c *clientv3.Client) (any, error) {
 			return c.Get(ctx, "future/k", clientv3.WithRev(1<<40))
+		}},
+		{name: "range stream prefix", run: func(ctx context.Context, c *clientv3.Client) (any, error) {
+			for i := range 20 {
+				if _, err := c.Put(ctx, fmt.Sprintf("stream/%02d", i), big(1000)); err != nil {
+					return nil, err
+				}
+			}
+			ch, err := c.GetStream(ctx, "stream/", clientv3.WithPrefix())
+			if err != nil {
+				return nil, err
+			}
+			r, err := clientv3.GetStreamToGetResponse(ch)
+			if err != nil {
+				return nil, err
+			}
+			return (*pb.RangeResponse)(r), nil
+		}},
+		{name: "range stream future revision", wantErr: etcdErr(rpctypes.ErrGRPCFutureRev), run: func(ctx context.Context, c *clientv3.Client) (any, error) {
+			ch, err := c.GetStream(ctx, "stream/", clientv3.WithPrefix(), clientv3.WithRev(1<<40))
+			if err != nil {
+				return nil, err
+			}
+			_, err = clientv3.GetStreamToGetResponse(ch)
+			return nil, err
 		}},
 		{name: "get negative revision", run: func(ctx context.Context, c *clientv3.Client) (any, error) {
 			return pb.NewKVClient(c.ActiveConnection()).Range(ctx, &pb.RangeRequest{Key: []byte("neg/k"), Revision: -1})
