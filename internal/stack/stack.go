@@ -97,15 +97,15 @@ func (o *Options) setDefaults() {
 
 // Start brings the deployment up and returns once the gateway accepts connections. The
 // gateway's readiness (caught up with the log) is reported by Stack.Gateway.Ready.
-func Start(ctx context.Context, o Options) (st *Stack, err error) {
+func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	if o.DataDir == "" {
 		return nil, errors.New("stack: DataDir is required")
 	}
 	o.setDefaults()
-	st = &Stack{}
+	st := &Stack{}
 	defer func() {
 		if err != nil {
-			st.Close()
+			st.Close() // whatever was started before the failure
 		}
 	}()
 	lg := o.Logger
