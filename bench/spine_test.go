@@ -10,9 +10,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/watchgate/watchgate/eventlog"
 	"github.com/watchgate/watchgate/ingest"
 	"github.com/watchgate/watchgate/internal/stacktest"
 	"github.com/watchgate/watchgate/internal/testenv"
@@ -26,14 +23,8 @@ func BenchmarkIngest(b *testing.B) {
 	e := testenv.Etcd(b)
 	ns := testenv.NATS(b)
 	c := testenv.Client(b, e.Endpoint)
-	js, err := jetstream.New(testenv.Conn(b, ns.ClientURL()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	log, err := eventlog.Ensure(ctx, js, eventlog.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
+	_, js := testenv.JetStream(b, ns.ClientURL())
+	log := testenv.EventLog(ctx, b, js)
 	writeConcurrently(ctx, b, c, b.N, 64)
 	last := testenv.Rev(ctx, b, c)
 	ing, err := ingest.New(ingest.Options{Member: c, Log: log})

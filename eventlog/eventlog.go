@@ -50,7 +50,6 @@ const metaCompact = "watchgate.compact-revision"
 // Errors returned by Log methods.
 var (
 	ErrNoStream = errors.New("eventlog: stream does not exist")
-	ErrNotFound = errors.New("eventlog: revision not in the log")
 )
 
 // Log is a handle on one revision space's stream. It is safe for concurrent use.
@@ -129,9 +128,6 @@ func Bind(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error)
 	return &Log{js: js, stream: s, cfg: cfg}, nil
 }
 
-// Config returns the log's configuration with defaults filled in.
-func (l *Log) Config() Config { return l.cfg }
-
 // Bounds is the range of revisions the log holds.
 type Bounds struct {
 	// First is the oldest revision held; Last the newest. An empty log has Last == First-1.
@@ -153,18 +149,6 @@ func (l *Log) Bounds(ctx context.Context) (Bounds, error) {
 		first = max(first, last+1)
 	}
 	return Bounds{First: first, Last: last}, nil
-}
-
-// Get reads one revision by its sequence (a direct get).
-func (l *Log) Get(ctx context.Context, rev int64) (Revision, error) {
-	m, err := l.stream.GetMsg(ctx, uint64(rev))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return Revision{}, fmt.Errorf("%w: %d", ErrNotFound, rev)
-	}
-	if err != nil {
-		return Revision{}, fmt.Errorf("eventlog: get %d: %w", rev, err)
-	}
-	return Decode(m.Sequence, m.Header, m.Data)
 }
 
 // Jump moves an empty-from-here log forward so that the next revision it takes is next: every

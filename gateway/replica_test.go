@@ -17,43 +17,28 @@ import (
 
 // parts is a deployment assembled piece by piece, so a test can kill and restart one piece.
 type parts struct {
-	member   *clientv3.Client
-	natsURL  string
-	js       jetstream.JetStream
-	log      *eventlog.Log
-	etcdAddr string
+	member  *clientv3.Client
+	natsURL string
+	js      jetstream.JetStream
+	log     *eventlog.Log
 }
 
 func newParts(t *testing.T, ctx context.Context) *parts {
 	t.Helper()
 	e := testenv.Etcd(t)
 	ns := testenv.NATS(t)
-	js, err := jetstream.New(testenv.Conn(t, ns.ClientURL()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := eventlog.Ensure(ctx, js, eventlog.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &parts{member: testenv.Client(t, e.Endpoint), natsURL: ns.ClientURL(), js: js, log: l,
-		etcdAddr: e.Endpoint}
+	_, js := testenv.JetStream(t, ns.ClientURL())
+	return &parts{member: testenv.Client(t, e.Endpoint), natsURL: ns.ClientURL(), js: js,
+		log: testenv.EventLog(ctx, t, js)}
 }
 
 // runIngest runs an ingest worker on its own NATS connection; kill drops the connection with
 // publishes in flight and stops the worker.
 func (p *parts) runIngest(t *testing.T, ctx context.Context) (ing *ingest.Ingester, kill func()) {
 	t.Helper()
-	nc := testenv.Conn(t, p.natsURL)
-	js, err := jetstream.New(nc)
+	nc, js := testenv.JetStream(t, p.natsURL)
+	ing, err := ingest.New(ingest.Options{Member: p.member, Log: testenv.EventLog(ctx, t, js)})
 	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := eventlog.Bind(ctx, js, eventlog.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ing, err = ingest.New(ingest.Options{Member: p.member, Log: l}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(ctx)

@@ -27,15 +27,9 @@ type env struct {
 func newEnv(t *testing.T, ctx context.Context) *env {
 	e := testenv.Etcd(t)
 	ns := testenv.NATS(t)
-	js, err := jetstream.New(testenv.Conn(t, ns.ClientURL()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := eventlog.Ensure(ctx, js, eventlog.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &env{etcd: testenv.Client(t, e.Endpoint), js: js, log: l, natsURL: ns.ClientURL()}
+	_, js := testenv.JetStream(t, ns.ClientURL())
+	return &env{etcd: testenv.Client(t, e.Endpoint), js: js, log: testenv.EventLog(ctx, t, js),
+		natsURL: ns.ClientURL()}
 }
 
 // start runs an ingester until the returned stop is called.
@@ -148,16 +142,8 @@ func TestIngestKilledMidBurst(t *testing.T) {
 	env := newEnv(t, ctx)
 
 	// The first ingester has its own connection, so it can be killed abruptly.
-	nc1 := testenv.Conn(t, env.natsURL)
-	js1, err := jetstream.New(nc1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log1, err := eventlog.Bind(ctx, js1, eventlog.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ing1, stop1 := start(t, ctx, Options{Member: env.etcd, Log: log1})
+	nc1, js1 := testenv.JetStream(t, env.natsURL)
+	ing1, stop1 := start(t, ctx, Options{Member: env.etcd, Log: testenv.EventLog(ctx, t, js1)})
 
 	writes := make(chan error, 1)
 	go func() {

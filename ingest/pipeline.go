@@ -102,10 +102,7 @@ func (p *pipeline) ackLoop(ctx context.Context) {
 // drain waits until every publish so far is acknowledged, and reports the first failure.
 func (p *pipeline) drain(ctx context.Context) error {
 	p.close()
-	if err := context.Cause(ctx); err != nil {
-		return err
-	}
-	return nil
+	return context.Cause(ctx)
 }
 
 // close stops taking publishes and waits for the acknowledgement loop to finish.

@@ -51,11 +51,7 @@ func (c *devCmd) register(fs *flag.FlagSet) {
 }
 
 func (c *devCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
-	lg, err := newLogger(stderr, c.out)
-	if err != nil {
-		return err
-	}
-	tel, err := newTelemetry(lg)
+	lg, tel, err := startTelemetry(stderr, c.out)
 	if err != nil {
 		return err
 	}

@@ -43,11 +43,7 @@ func (c *gatewayCmd) register(fs *flag.FlagSet) {
 }
 
 func (c *gatewayCmd) run(ctx context.Context, _, stderr io.Writer) error {
-	lg, err := newLogger(stderr, c.out)
-	if err != nil {
-		return err
-	}
-	tel, err := newTelemetry(lg)
+	lg, tel, err := startTelemetry(stderr, c.out)
 	if err != nil {
 		return err
 	}

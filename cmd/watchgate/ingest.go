@@ -32,11 +32,7 @@ func (c *ingestCmd) register(fs *flag.FlagSet) {
 }
 
 func (c *ingestCmd) run(ctx context.Context, _, stderr io.Writer) error {
-	lg, err := newLogger(stderr, c.out)
-	if err != nil {
-		return err
-	}
-	tel, err := newTelemetry(lg)
+	lg, tel, err := startTelemetry(stderr, c.out)
 	if err != nil {
 		return err
 	}

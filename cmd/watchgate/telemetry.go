@@ -187,3 +187,16 @@ func shutdownHTTP(hs *http.Server) {
 		hs.Close()
 	}
 }
+
+// startTelemetry builds what every command starts with: the logger and the metrics pipeline.
+func startTelemetry(stderr io.Writer, out logOutputFlags) (*slog.Logger, *telemetry, error) {
+	lg, err := newLogger(stderr, out)
+	if err != nil {
+		return nil, nil, err
+	}
+	tel, err := newTelemetry(lg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return lg, tel, nil
+}

@@ -9,9 +9,11 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/watchgate/watchgate/eventlog"
 	"github.com/watchgate/watchgate/internal/embedded"
 )
 
@@ -85,4 +87,26 @@ func Context(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// JetStream opens a NATS connection of its own (closed at cleanup) and a JetStream context on
+// it. Tests that kill a component close its connection to cut it off abruptly.
+func JetStream(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc := Conn(t, url)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
+// EventLog opens the default event log stream through js, creating it if needed.
+func EventLog(ctx context.Context, t testing.TB, js jetstream.JetStream) *eventlog.Log {
+	t.Helper()
+	l, err := eventlog.Ensure(ctx, js, eventlog.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }
