@@ -232,3 +232,89 @@ func TestIngestCompactionJump(t *testing.T) {
 		t.Fatalf("Published() = %d, want %d", ing.Published(), after)
 	}
 }
+
+// TestIngestLeaseExpiry lets a lease expire (not revoked) and checks the deletes etcd makes for
+// its keys reach the log, in one revision, like any other write.
+func TestIngestLeaseExpiry(t *testing.T) {
+	ctx := testenv.Context(t, time.Minute)
+	env := newEnv(t, ctx)
+	_, stop := start(t, ctx, Options{Member: env.etcd, Log: env.log})
+	defer stop()
+	c := env.etcd
+	lease, err := c.Grant(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"exp/a", "exp/b"} {
+		if _, err := c.Put(ctx, k, "v", clientv3.WithLease(lease.ID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Wait for etcd to expire the lease (polling the real server, bounded by ctx).
+	for {
+		r, err := c.Get(ctx, "exp/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Count == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("lease never expired")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	last := testenv.Rev(ctx, t, c)
+	waitPublished(t, ctx, env.log, last)
+	got := readLog(t, ctx, env.log, last, last)[0]
+	if len(got) != 2 || got[0].Type != mvccpb.Event_DELETE || got[1].Type != mvccpb.Event_DELETE ||
+		got[0].PrevKv == nil || got[0].PrevKv.Lease != int64(lease.ID) {
+		t.Fatalf("expiry revision %d in the log: %v", last, got)
+	}
+	want := testenv.History(ctx, t, c, eventlog.FirstRevision, last)
+	all := readLog(t, ctx, env.log, eventlog.FirstRevision, last)
+	if diff := cmp.Diff(want, all, protocmp.Transform()); diff != "" {
+		t.Fatalf("log differs from etcd history (-want +got):\n%s", diff)
+	}
+}
+
+// TestIngestTwoWorkersConverge runs two ingest workers on the same log at once, each on its own
+// connection, during a burst of writes: their publishes race for every revision, and the log
+// must end identical to etcd's history, with no revision twice and none missing. (Message ids
+// drop the loser's identical copies here; eventlog's TestFence covers what only the
+// expected-sequence fence stops: a revision landing at the wrong sequence.)
+func TestIngestTwoWorkersConverge(t *testing.T) {
+	const revisions = 3000
+	ctx := testenv.Context(t, 2*time.Minute)
+	env := newEnv(t, ctx)
+	var workers []*Ingester
+	for range 2 {
+		_, js := testenv.JetStream(t, env.natsURL)
+		ing, stop := start(t, ctx, Options{Member: env.etcd, Log: testenv.EventLog(ctx, t, js),
+			RetryDelay: 10 * time.Millisecond})
+		defer stop()
+		workers = append(workers, ing)
+	}
+	for i := range revisions {
+		if _, err := env.etcd.Put(ctx, fmt.Sprintf("race/%d", i%100), fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last := testenv.Rev(ctx, t, env.etcd)
+	waitPublished(t, ctx, env.log, last)
+	want := testenv.History(ctx, t, env.etcd, eventlog.FirstRevision, last)
+	got := readLog(t, ctx, env.log, eventlog.FirstRevision, last)
+	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+		t.Fatalf("log differs from etcd history (-want +got):\n%s", diff)
+	}
+	b, err := env.log.Bounds(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Last != last {
+		t.Fatalf("log ends at %d, etcd at %d", b.Last, last)
+	}
+	t.Logf("workers' last acknowledged revisions: %d and %d of %d",
+		workers[0].Published(), workers[1].Published(), last)
+}
