@@ -3,6 +3,7 @@ package eventlog
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -16,6 +17,8 @@ type Entry struct {
 	Missing int64
 	// Pending is how many revisions the log held after this one when it was delivered.
 	Pending uint64
+	// Stored is when the NATS server stored the revision (its clock).
+	Stored time.Time
 	// Err is a decoding error: the message at Rev is corrupt or foreign and must not be applied.
 	Err error
 }
@@ -69,7 +72,7 @@ func (c *Cursor) Next(ctx context.Context) (Entry, error) {
 		if seq < c.next {
 			continue // redelivered after a consumer reset
 		}
-		e := Entry{Pending: md.NumPending}
+		e := Entry{Pending: md.NumPending, Stored: md.Timestamp}
 		if seq > c.next {
 			e.Missing = c.next
 		}

@@ -135,6 +135,11 @@ func TestCommandFlags(t *testing.T) {
 		}},
 		"ingest":  {shared, limits, upstream, {"log-replicas": "1", "listen-http": "127.0.0.1:9380"}},
 		"gateway": {shared, tuning, upstream, {"listen-client": "127.0.0.1:2379", "listen-http": "127.0.0.1:9379", "shutdown-timeout": "10s"}},
+		// bench without a scenario has only its common flags; TestRunMainUsage covers a scenario's.
+		"bench": {{
+			"targets": "etcd,grpcproxy,watchgate", "endpoints": "", "dir": "", "fsync": "false",
+			"stall-timeout": "15s", "profile-dir": "", "json": "false",
+		}},
 	}
 	for _, sc := range subcommands {
 		t.Run(sc.name, func(t *testing.T) {
@@ -156,10 +161,11 @@ func TestCommandFlags(t *testing.T) {
 			fs.SetOutput(&help)
 			printUsage(fs, sc.name, sc.description)
 			fs.VisitAll(func(f *flag.Flag) {
-				for _, s := range []string{"--" + f.Name + " ", envName(envPrefix, f.Name)} {
-					if !strings.Contains(help.String(), s) {
-						t.Errorf("--help does not mention %q", s)
-					}
+				if !strings.Contains(help.String(), "--"+f.Name+" ") && !strings.Contains(help.String(), "--"+f.Name+"\n") {
+					t.Errorf("--help does not mention --%s", f.Name)
+				}
+				if !strings.Contains(help.String(), envName(envPrefix, f.Name)) {
+					t.Errorf("--help does not mention %s", envName(envPrefix, f.Name))
 				}
 			})
 		})
@@ -183,6 +189,13 @@ func TestRunMainUsage(t *testing.T) {
 		{name: "unknown command", args: []string{"serve"}, wantCode: 1, wantStderr: `unknown command "serve"`},
 		{name: "unknown flag", args: []string{"gateway", "--bogus"}, wantCode: 1, wantStderr: "watchgate gateway --help"},
 		{name: "stray argument", args: []string{"dev", "extra"}, wantCode: 1, wantStderr: "unexpected arguments"},
+		{name: "bench lists scenarios", args: []string{"bench", "--help"}, wantStdout: "watch-resume"},
+		{name: "bench scenario flags", args: []string{"bench", "watch-fanout", "--help"}, wantStdout: "Usage: watchgate bench watch-fanout [flags]"},
+		{name: "help of bench", args: []string{"help", "bench"}, wantStdout: "watchgate bench <scenario>"},
+		{name: "bench unknown scenario", args: []string{"bench", "watch-everything"}, wantCode: 1, wantStderr: `unknown scenario "watch-everything"`},
+		{name: "bench without scenario", args: []string{"bench"}, wantCode: 1, wantStderr: "missing scenario"},
+		{name: "bench bad size", args: []string{"bench", "watch-fanout", "--watchers", "0"}, wantCode: 1, wantStderr: "must be positive"},
+		{name: "bench unknown target", args: []string{"bench", "watch-idle", "--targets", "etcd,zk"}, wantCode: 1, wantStderr: `unknown target "zk"`},
 		{
 			name: "bad env value", args: []string{"ingest"}, env: map[string]string{"WATCHGATE_LOG_REPLICAS": "three"},
 			wantCode: 1, wantStderr: "WATCHGATE_LOG_REPLICAS",

@@ -4,6 +4,7 @@
 //	watchgate dev       everything in one process on loopback (embedded etcd and NATS)
 //	watchgate ingest    one ingest worker: tails an etcd cluster into the event log
 //	watchgate gateway   one gateway replica: serves etcd's gRPC API from the event log
+//	watchgate bench     measures a scenario on etcd, etcd's gRPC proxy and watchgate side by side
 //
 // Every flag can also be set by an environment variable, WATCHGATE_ followed by the flag's
 // name in upper case with dashes as underscores (--data-dir is WATCHGATE_DATA_DIR). A flag given
@@ -20,6 +21,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/watchgate/watchgate/bench"
 )
 
 // command is one subcommand: it registers its flags, then runs with their values.
@@ -41,9 +44,20 @@ var subcommands = []subcommand{
 	{"dev", "run everything in one process: embedded etcd, NATS JetStream, ingest and a gateway", devDescription, func() command { return &devCmd{} }},
 	{"ingest", "run one ingest worker: tail an etcd cluster into the event log", ingestDescription, func() command { return &ingestCmd{} }},
 	{"gateway", "run one gateway replica: serve etcd's gRPC API from the event log", gatewayDescription, func() command { return &gatewayCmd{} }},
+	{"bench", "measure a scenario on etcd, etcd's gRPC proxy and watchgate, side by side", benchDescription, func() command { return &benchCmd{} }},
+}
+
+// positional is a command that takes a leading positional argument (bench's scenario) before
+// its flags, which may depend on it.
+type positional interface {
+	// takeArgs consumes the leading arguments it understands and returns the rest.
+	takeArgs(args []string) ([]string, error)
+	// usageName is what follows the command's name in its usage line.
+	usageName() string
 }
 
 func main() {
+	bench.ServeIfChild() // `watchgate bench` runs each server it measures as a child of itself
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	go func() {
 		// After the first signal starts a clean shutdown, a second one kills the process.
@@ -78,6 +92,15 @@ func runMain(ctx context.Context, args []string, lookupEnv func(string) (string,
 	}
 
 	cmd := sc.newCmd()
+	usageName := sc.name
+	if p, ok := cmd.(positional); ok {
+		var err error
+		if args, err = p.takeArgs(args); err != nil {
+			fmt.Fprintf(stderr, "watchgate %s: %v\n", sc.name, err)
+			return 1
+		}
+		usageName += " " + p.usageName()
+	}
 	fs := flag.NewFlagSet("watchgate "+sc.name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cmd.register(fs)
@@ -85,7 +108,7 @@ func runMain(ctx context.Context, args []string, lookupEnv func(string) (string,
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stdout)
-			printUsage(fs, sc.name, sc.description)
+			printUsage(fs, usageName, sc.description)
 			return 0
 		}
 		// flag has printed the error.

@@ -1,5 +1,6 @@
-// Package stack assembles a whole watchgate deployment in one process: embedded etcd, embedded
-// NATS JetStream, one ingest worker and one gateway replica, all on loopback. `watchgate dev`
+// Package stack assembles a whole watchgate deployment in one process: embedded etcd (or an
+// external one), embedded NATS JetStream, one ingest worker and one gateway replica, all on
+// loopback. `watchgate dev`
 // runs it; tests and benchmarks run the same code.
 package stack
 
@@ -38,6 +39,9 @@ type Options struct {
 	// EtcdClientAddr and EtcdPeerAddr are the embedded etcd's listeners.
 	// Defaults "127.0.0.1:12379" and "127.0.0.1:12380".
 	EtcdClientAddr, EtcdPeerAddr string
+	// EtcdEndpoints, if set, names an etcd cluster to use instead of embedding one; the
+	// EtcdClientAddr, EtcdPeerAddr and UnsafeNoFsync options are then ignored and Stack.Etcd is nil.
+	EtcdEndpoints []string
 	// NATSPort is the embedded NATS server's port on 127.0.0.1. Default 14222; -1 picks a free one.
 	NATSPort int
 	// UnsafeNoFsync disables etcd's fsync (tests and benchmarks only). Default false.
@@ -58,7 +62,7 @@ type Options struct {
 
 // Stack is a running all-in-one deployment.
 type Stack struct {
-	Etcd    *embedded.Etcd
+	Etcd    *embedded.Etcd // nil when Options.EtcdEndpoints named an external cluster
 	NATS    *server.Server
 	Member  *clientv3.Client
 	Gateway *gateway.Server
@@ -110,11 +114,15 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	}()
 	lg := o.Logger
 
-	if st.Etcd, err = embedded.StartEtcd(embedded.EtcdOptions{
-		Dir: filepath.Join(o.DataDir, "etcd"), ClientAddr: o.EtcdClientAddr, PeerAddr: o.EtcdPeerAddr,
-		UnsafeNoFsync: o.UnsafeNoFsync, ZapLogger: o.EtcdLogger,
-	}); err != nil {
-		return nil, err
+	endpoints := o.EtcdEndpoints
+	if len(endpoints) == 0 {
+		if st.Etcd, err = embedded.StartEtcd(embedded.EtcdOptions{
+			Dir: filepath.Join(o.DataDir, "etcd"), ClientAddr: o.EtcdClientAddr, PeerAddr: o.EtcdPeerAddr,
+			UnsafeNoFsync: o.UnsafeNoFsync, ZapLogger: o.EtcdLogger,
+		}); err != nil {
+			return nil, err
+		}
+		endpoints = []string{st.Etcd.Endpoint}
 	}
 	if st.NATS, err = embedded.StartNATS(embedded.NATSOptions{
 		StoreDir: filepath.Join(o.DataDir, "nats"), Port: o.NATSPort, Logger: lg.With("component", "nats"),
@@ -122,7 +130,7 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		return nil, err
 	}
 	if st.Member, err = clientv3.New(clientv3.Config{
-		Endpoints: []string{st.Etcd.Endpoint}, DialTimeout: 10 * time.Second, Logger: zap.NewNop(),
+		Endpoints: endpoints, DialTimeout: 10 * time.Second, Logger: zap.NewNop(),
 	}); err != nil {
 		return nil, fmt.Errorf("stack: etcd client: %w", err)
 	}

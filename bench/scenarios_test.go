@@ -1,0 +1,118 @@
+package bench
+
+import (
+	"bytes"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/watchgate/watchgate/internal/testenv"
+)
+
+// The smoke tests run every scenario at tiny sizes on all three targets and check that it ran
+// and counted correctly; they assert nothing about speed.
+
+func TestMain(m *testing.M) {
+	ServeIfChild() // the targets run as children of the test binary
+	os.Exit(m.Run())
+}
+
+// runSmoke runs s on every target and checks that each row finished.
+func runSmoke(t *testing.T, s Scenario) *Report {
+	t.Helper()
+	ctx := testenv.Context(t, 5*time.Minute)
+	rep, err := Run(ctx, s, Config{Dir: t.TempDir(), StallTimeout: time.Minute, Progress: testWriter{t}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Rows) == 0 {
+		t.Fatal("no rows")
+	}
+	for _, row := range rep.Rows {
+		if row.Status != StatusOK {
+			t.Errorf("%s %s: %s: %s", row.Target, row.Case, row.Status, row.Error)
+		}
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + table.String())
+	return rep
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}
+
+// wantValue checks that every row has figure key equal to want.
+func wantValue(t *testing.T, rep *Report, key string, want float64) {
+	t.Helper()
+	for _, row := range rep.Rows {
+		if got, ok := row.Values[key]; !ok || got != want {
+			t.Errorf("%s %s: %s = %v (present %v), want %v", row.Target, row.Case, key, got, ok, want)
+		}
+	}
+}
+
+// wantPositive checks that every row has figure key above zero.
+func wantPositive(t *testing.T, rep *Report, keys ...string) {
+	t.Helper()
+	for _, row := range rep.Rows {
+		for _, key := range keys {
+			if got := row.Values[key]; !(got > 0) {
+				t.Errorf("%s %s: %s = %v, want > 0", row.Target, row.Case, key, got)
+			}
+		}
+	}
+}
+
+func TestWatchFanoutSmoke(t *testing.T) {
+	s := WatchFanout{Watchers: 10, Streams: 3, Conns: 2, Keys: 1, Rate: 50, ValueSize: 64, Duration: time.Second}
+	rep := runSmoke(t, s)
+	wantValue(t, rep, "events", 10*50)
+	wantValue(t, rep, "lost", 0)
+	wantValue(t, rep, "out_of_order", 0)
+	wantPositive(t, rep, "latency_p50_ms", "latency_p99_ms", "events_per_s", "cpu_s", "peak_rss_mib")
+}
+
+func TestWatchIdleSmoke(t *testing.T) {
+	rep := runSmoke(t, WatchIdle{Watchers: 50, Streams: 5, Conns: 2})
+	wantValue(t, rep, "watchers", 50)
+	wantPositive(t, rep, "create_s", "creates_per_s", "cpu_s")
+	for _, row := range rep.Rows {
+		if _, ok := row.Values["heap_per_watcher_b"]; !ok {
+			t.Errorf("%s: no heap figure", row.Target)
+		}
+	}
+}
+
+func TestWatchChurnSmoke(t *testing.T) {
+	rep := runSmoke(t, WatchChurn{Live: 10, Streams: 3, Conns: 2, Churn: 20, Rate: 20, Duration: time.Second})
+	wantValue(t, rep, "errors", 0)
+	wantPositive(t, rep, "creates", "create_p50_ms", "create_p99_ms", "events")
+}
+
+func TestWatchResumeSmoke(t *testing.T) {
+	rep := runSmoke(t, WatchResume{Watchers: 20, Streams: 4, Conns: 2, History: 30, Keys: 5, ValueSize: 32})
+	wantValue(t, rep, "caught_up", 20)
+	wantValue(t, rep, "events", 20*30)
+	wantPositive(t, rep, "catch_up_s", "events_per_s")
+}
+
+func TestRangeSmoke(t *testing.T) {
+	rep := runSmoke(t, Range{Keys: 20, ValueSize: 32, Clients: 2, Duration: 200 * time.Millisecond})
+	if want := len(AllTargets) * len(RangeCases); len(rep.Rows) != want {
+		t.Fatalf("%d rows, want %d", len(rep.Rows), want)
+	}
+	wantValue(t, rep, "errors", 0)
+	wantPositive(t, rep, "ops", "latency_p50_ms", "latency_p99_ms")
+}
+
+func TestIngestSmoke(t *testing.T) {
+	rep := runSmoke(t, Ingest{Backlog: 200, Rate: 50, Duration: time.Second, ValueSize: 32})
+	wantPositive(t, rep, "backlog_rev_per_s", "lag_p50_ms", "lag_p99_ms", "puts_per_s")
+}
