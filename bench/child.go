@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,7 +17,9 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	rpprof "runtime/pprof"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -205,6 +208,34 @@ func debugMux() *http.ServeMux {
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	// A CPU profile over an interval whose length the parent does not know in advance: start
+	// it, and stop it to get the profile.
+	var mu sync.Mutex
+	var cpu *bytes.Buffer
+	mux.HandleFunc("POST /debug/cpu/start", func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if cpu != nil {
+			http.Error(w, "already profiling", http.StatusConflict)
+			return
+		}
+		cpu = &bytes.Buffer{}
+		if err := rpprof.StartCPUProfile(cpu); err != nil {
+			cpu = nil
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+		}
+	})
+	mux.HandleFunc("POST /debug/cpu/stop", func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if cpu == nil {
+			http.Error(w, "not profiling", http.StatusConflict)
+			return
+		}
+		rpprof.StopCPUProfile()
+		_, _ = w.Write(cpu.Bytes())
+		cpu = nil
+	})
 	mux.HandleFunc("/debug/heap", func(w http.ResponseWriter, _ *http.Request) {
 		runtime.GC()
 		var ms runtime.MemStats
@@ -324,28 +355,34 @@ func (c *child) heap(ctx context.Context) (heapFigures, error) {
 	return h, json.NewDecoder(resp.Body).Decode(&h)
 }
 
-// cpuProfile saves a CPU profile of the child over the next secs seconds to path.
-func (c *child) cpuProfile(ctx context.Context, secs int, path string) error {
-	url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", c.ready.Debug, secs)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+// startCPUProfile starts profiling the child's CPU; the returned function stops it and saves
+// the profile to path.
+func (c *child) startCPUProfile(ctx context.Context, path string) (stop func() error, err error) {
+	if _, err := c.post(ctx, "/debug/cpu/start"); err != nil {
+		return nil, err
+	}
+	return func() error {
+		b, err := c.post(ctx, "/debug/cpu/stop")
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(path, b, 0o644)
+	}, nil
+}
+
+func (c *child) post(ctx context.Context, path string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.ready.Debug+path, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", url, resp.Status)
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s: %s: %s", path, resp.Status, bytes.TrimSpace(b))
 	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return b, err
 }

@@ -98,7 +98,7 @@ func (s WatchChurn) measure(ctx context.Context, r *runner, d *deployment, v map
 	}
 	defer closeAll(writers)
 	m := startMeter(d)
-	profiled := r.profile(ctx, d, s.Duration)
+	profiled := r.profile(ctx, d, "")
 	createLat := newLatencies()
 	var creates counter
 	runCtx, stopRun := context.WithTimeout(wctx, s.Duration)

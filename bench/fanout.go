@@ -127,11 +127,8 @@ func (s WatchFanout) measure(ctx context.Context, r *runner, d *deployment, v ma
 	}
 
 	m := startMeter(d)
-	profiled := r.profile(ctx, d, s.Duration)
-	total := int64(s.Rate) * int64(s.Duration/time.Second)
-	if total == 0 {
-		total = 1
-	}
+	profiled := r.profile(ctx, d, "")
+	total := max(1, int64(float64(s.Rate)*s.Duration.Seconds()))
 	interval := time.Second / time.Duration(s.Rate)
 	start := clk.now()
 	var acked int64

@@ -89,6 +89,7 @@ func (s WatchIdle) measure(ctx context.Context, r *runner, d *deployment, v map[
 	}
 	heap0, etcdHeap0, herr := heapTotal(ctx, d)
 	m := startMeter(d)
+	profiled := r.profile(ctx, d, "")
 	rss0, _ := m.rss()
 
 	start := time.Now()
@@ -97,6 +98,7 @@ func (s WatchIdle) measure(ctx context.Context, r *runner, d *deployment, v map[
 	}
 	err = r.await(ctx, "watchers created", ws.created.get, int64(s.Streams+s.Watchers))
 	elapsed := time.Since(start)
+	profiled()
 	n := ws.created.get() - int64(s.Streams)
 	v["watchers"] = float64(n)
 	v["create_s"] = elapsed.Seconds()

@@ -111,7 +111,7 @@ func (s Ingest) measure(ctx context.Context, r *runner, d *deployment, v map[str
 	v["backlog_rev_per_s"] = perSecond(last-first+1, time.Duration(tLast.Load()-tFirst.Load()))
 
 	m := startMeter(d)
-	profiled := r.profile(ctx, d, s.Duration)
+	profiled := r.profile(ctx, d, "")
 	runCtx, stop := context.WithTimeout(ctx, s.Duration)
 	var acked, lastRev atomic.Int64
 	werr := paced(runCtx, s.Rate, func(seq int64) error {

@@ -117,7 +117,7 @@ func (s Range) measure(ctx context.Context, r *runner, d *deployment, clients []
 	var firstErr error
 	var once sync.Once
 	m := startMeter(d)
-	profiled := r.profile(ctx, d, s.Duration)
+	profiled := r.profile(ctx, d, kase)
 	runCtx, cancel := context.WithTimeout(ctx, s.Duration)
 	defer cancel()
 	var wg sync.WaitGroup

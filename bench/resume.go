@@ -81,6 +81,7 @@ func (s WatchResume) measure(ctx context.Context, r *runner, d *deployment, v ma
 	defer cancel()
 
 	m := startMeter(d)
+	profiled := r.profile(ctx, d, "")
 	start := time.Now()
 	var events, caughtUp counter
 	for i := range s.Watchers {
@@ -95,6 +96,7 @@ func (s WatchResume) measure(ctx context.Context, r *runner, d *deployment, v ma
 	}
 	err = r.await(ctx, "watchers caught up", caughtUp.get, int64(s.Watchers))
 	elapsed := time.Since(start)
+	profiled()
 	u := m.stop()
 	v["caught_up"] = float64(caughtUp.get())
 	v["events"] = float64(events.get())

@@ -167,23 +167,41 @@ func (r *runner) await(ctx context.Context, what string, count func() int64, wan
 	return nil
 }
 
-// profile records a CPU profile of each of d's processes for dur, in the background, if a
-// profile directory was asked for. The returned function waits for the profiles to be written.
-func (r *runner) profile(ctx context.Context, d *deployment, dur time.Duration) func() {
-	if r.cfg.ProfileDir == "" || len(d.procs()) == 0 {
+// profile starts a CPU profile of each of d's processes, if a profile directory was asked
+// for. The returned function stops them and writes <scenario>-<target>[-<case>]-<role>.pprof
+// each.
+func (r *runner) profile(ctx context.Context, d *deployment, kase string) (stop func()) {
+	if r.cfg.ProfileDir == "" {
 		return func() {}
 	}
-	secs := max(1, int(dur.Round(time.Second)/time.Second))
-	var wg sync.WaitGroup
+	var stops []func() error
 	for _, c := range d.procs() {
-		wg.Go(func() {
-			path := filepath.Join(r.cfg.ProfileDir, fmt.Sprintf("%s-%s-%s.pprof", r.scenario, r.target, c.role))
-			if err := c.cpuProfile(ctx, secs, path); err != nil && r.cfg.Progress != nil {
-				fmt.Fprintf(r.cfg.Progress, "%s %s: profile of %s: %v\n", r.scenario, r.target, c.role, err)
-			}
-		})
+		name := r.scenario + "-" + r.target
+		if kase != "" {
+			name += "-" + kase
+		}
+		path := filepath.Join(r.cfg.ProfileDir, name+"-"+c.role+".pprof")
+		s, err := c.startCPUProfile(ctx, path)
+		if err != nil {
+			r.warnf("profile of %s: %v", c.role, err)
+			continue
+		}
+		stops = append(stops, s)
 	}
-	return wg.Wait
+	return func() {
+		for _, s := range stops {
+			if err := s(); err != nil {
+				r.warnf("profile: %v", err)
+			}
+		}
+	}
+}
+
+// warnf reports a problem that does not invalidate the figures.
+func (r *runner) warnf(format string, args ...any) {
+	if r.cfg.Progress != nil {
+		fmt.Fprintf(r.cfg.Progress, "%s %s: %s\n", r.scenario, r.target, fmt.Sprintf(format, args...))
+	}
 }
 
 // failed is the row of a target that could not be measured at all.

@@ -3,9 +3,12 @@ package bench
 import (
 	"bytes"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/watchgate/watchgate/internal/stacktest"
 	"github.com/watchgate/watchgate/internal/testenv"
 )
 
@@ -21,9 +24,15 @@ func TestMain(m *testing.M) {
 func runSmoke(t *testing.T, s Scenario) *Report {
 	t.Helper()
 	ctx := testenv.Context(t, 5*time.Minute)
-	rep, err := Run(ctx, s, Config{Dir: t.TempDir(), StallTimeout: time.Minute, Progress: testWriter{t}})
+	profiles := t.TempDir()
+	rep, err := Run(ctx, s, Config{Dir: t.TempDir(), StallTimeout: time.Minute, Progress: testWriter{t}, ProfileDir: profiles})
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, target := range AllTargets {
+		if m, _ := filepath.Glob(filepath.Join(profiles, s.Name()+"-"+target+"-*.pprof")); len(m) == 0 {
+			t.Errorf("no CPU profile of %s", target)
+		}
 	}
 	if len(rep.Rows) == 0 {
 		t.Fatal("no rows")
@@ -115,4 +124,29 @@ func TestRangeSmoke(t *testing.T) {
 func TestIngestSmoke(t *testing.T) {
 	rep := runSmoke(t, Ingest{Backlog: 200, Rate: 50, Duration: time.Second, ValueSize: 32})
 	wantPositive(t, rep, "backlog_rev_per_s", "lag_p50_ms", "lag_p99_ms", "puts_per_s")
+}
+
+// TestStalledTargetIsReported points watch-fanout at a gateway whose event log has gone away:
+// writes still reach etcd, but no event can reach the watchers. The run must end by itself with
+// the row marked stalled and its partial counts, not hang.
+func TestStalledTargetIsReported(t *testing.T) {
+	st := stacktest.Start(t, nil)
+	st.NATS.Shutdown()
+	ctx := testenv.Context(t, 2*time.Minute)
+	s := WatchFanout{Watchers: 3, Streams: 1, Conns: 1, Keys: 1, Rate: 20, ValueSize: 16, Duration: 500 * time.Millisecond}
+	rep, err := Run(ctx, s, Config{Endpoints: map[string]string{"broken": st.ClientURL}, StallTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Rows) != 1 {
+		t.Fatalf("rows: %+v", rep.Rows)
+	}
+	row := rep.Rows[0]
+	t.Logf("row: %+v", row)
+	if row.Status != StatusStalled || !strings.Contains(row.Error, "no progress") {
+		t.Errorf("status %q (%s), want stalled", row.Status, row.Error)
+	}
+	if row.Values["puts_per_s"] <= 0 || row.Values["lost"] != 3*10 {
+		t.Errorf("partial figures %+v, want the puts counted and all 30 events lost", row.Values)
+	}
 }
