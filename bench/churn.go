@@ -55,12 +55,7 @@ func (s WatchChurn) columns() []Column {
 }
 
 func (s WatchChurn) run(ctx context.Context, r *runner, d *deployment) []Row {
-	if err := d.startTier(ctx); err != nil {
-		return failed(d.name, err)
-	}
-	row := Row{Target: d.name, Values: map[string]float64{}}
-	finish(&row, s.measure(ctx, r, d, row.Values))
-	return []Row{row}
+	return tieredRow(ctx, d, func(v map[string]float64) error { return s.measure(ctx, r, d, v) })
 }
 
 const churnPrefix = "bench/churn/"
@@ -80,7 +75,7 @@ func (s WatchChurn) measure(ctx context.Context, r *runner, d *deployment, v map
 	var live []context.CancelFunc // oldest first
 	open := func(i int) {
 		c, cancel := context.WithCancel(wctx)
-		ws.watch(c, i, churnPrefix, onEvents, clientv3.WithPrefix())
+		ws.watch(c, i, churnPrefix, nil, onEvents, clientv3.WithPrefix())
 		mu.Lock()
 		live = append(live, cancel)
 		mu.Unlock()
@@ -116,29 +111,10 @@ func (s WatchChurn) measure(ctx context.Context, r *runner, d *deployment, v map
 			start := time.Now()
 			c, cancel := context.WithCancel(wctx)
 			attempts.Add(1)
-			ch := ws.streams[i%len(ws.streams)].Watch(c, churnPrefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
-			ws.wg.Go(func() {
-				first := true
-				for resp := range ch {
-					if first {
-						first = false
-						if !resp.Created {
-							ws.fail(fmt.Errorf("first response is not created: %v", resp.Err()))
-							return
-						}
-						createLat.record(i, time.Since(start))
-						creates.Add(1)
-						continue
-					}
-					if err := resp.Err(); err != nil {
-						if c.Err() == nil {
-							ws.fail(err)
-						}
-						return
-					}
-					onEvents(resp)
-				}
-			})
+			ws.watch(c, i, churnPrefix, func() {
+				createLat.record(i, time.Since(start))
+				creates.Add(1)
+			}, onEvents, clientv3.WithPrefix())
 			mu.Lock()
 			live = append(live, cancel)
 			oldest := live[0]

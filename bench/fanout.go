@@ -61,13 +61,7 @@ func (s WatchFanout) columns() []Column {
 }
 
 func (s WatchFanout) run(ctx context.Context, r *runner, d *deployment) []Row {
-	if err := d.startTier(ctx); err != nil {
-		return failed(d.name, err)
-	}
-	row := Row{Target: d.name, Values: map[string]float64{}}
-	err := s.measure(ctx, r, d, row.Values)
-	finish(&row, err)
-	return []Row{row}
+	return tieredRow(ctx, d, func(v map[string]float64) error { return s.measure(ctx, r, d, v) })
 }
 
 func (s WatchFanout) measure(ctx context.Context, r *runner, d *deployment, v map[string]float64) error {
@@ -102,7 +96,7 @@ func (s WatchFanout) measure(ctx context.Context, r *runner, d *deployment, v ma
 	for i := range s.Watchers {
 		var next uint64 // the sequence number this watcher expects next
 		buf := make([]time.Duration, 0, 16)
-		ws.watch(wctx, i, key, func(resp clientv3.WatchResponse) {
+		ws.watch(wctx, i, key, nil, func(resp clientv3.WatchResponse) {
 			now := clk.now()
 			buf = buf[:0]
 			for _, ev := range resp.Events {

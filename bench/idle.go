@@ -48,12 +48,7 @@ func (s WatchIdle) columns() []Column {
 }
 
 func (s WatchIdle) run(ctx context.Context, r *runner, d *deployment) []Row {
-	if err := d.startTier(ctx); err != nil {
-		return failed(d.name, err)
-	}
-	row := Row{Target: d.name, Values: map[string]float64{}}
-	finish(&row, s.measure(ctx, r, d, row.Values))
-	return []Row{row}
+	return tieredRow(ctx, d, func(v map[string]float64) error { return s.measure(ctx, r, d, v) })
 }
 
 // heapTotal sums the heap in use of d's processes after a GC in each, and returns etcd's apart.
@@ -82,7 +77,7 @@ func (s WatchIdle) measure(ctx context.Context, r *runner, d *deployment, v map[
 
 	// A first watch per stream opens the streams, so that their own cost is not per watcher.
 	for i := range s.Streams {
-		ws.watch(wctx, i, "bench/idle/stream", func(clientv3.WatchResponse) {})
+		ws.watch(wctx, i, "bench/idle/stream", nil, func(clientv3.WatchResponse) {})
 	}
 	if err := r.await(ctx, "streams opened", ws.created.get, int64(s.Streams)); err != nil {
 		return err
@@ -94,7 +89,7 @@ func (s WatchIdle) measure(ctx context.Context, r *runner, d *deployment, v map[
 
 	start := time.Now()
 	for i := range s.Watchers {
-		ws.watch(wctx, i, fmt.Sprintf("bench/idle/%08d", i), func(clientv3.WatchResponse) {})
+		ws.watch(wctx, i, fmt.Sprintf("bench/idle/%08d", i), nil, func(clientv3.WatchResponse) {})
 	}
 	err = r.await(ctx, "watchers created", ws.created.get, int64(s.Streams+s.Watchers))
 	elapsed := time.Since(start)

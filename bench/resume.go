@@ -51,12 +51,7 @@ func (s WatchResume) columns() []Column {
 }
 
 func (s WatchResume) run(ctx context.Context, r *runner, d *deployment) []Row {
-	if err := d.startTier(ctx); err != nil {
-		return failed(d.name, err)
-	}
-	row := Row{Target: d.name, Values: map[string]float64{}}
-	finish(&row, s.measure(ctx, r, d, row.Values))
-	return []Row{row}
+	return tieredRow(ctx, d, func(v map[string]float64) error { return s.measure(ctx, r, d, v) })
 }
 
 const resumePrefix = "bench/resume/"
@@ -86,7 +81,7 @@ func (s WatchResume) measure(ctx context.Context, r *runner, d *deployment, v ma
 	var events, caughtUp counter
 	for i := range s.Watchers {
 		done := false
-		ws.watch(wctx, i, resumePrefix, func(resp clientv3.WatchResponse) {
+		ws.watch(wctx, i, resumePrefix, nil, func(resp clientv3.WatchResponse) {
 			events.Add(int64(len(resp.Events)))
 			if n := len(resp.Events); !done && n > 0 && resp.Events[n-1].Kv.ModRevision >= last {
 				done = true

@@ -204,6 +204,16 @@ func (r *runner) warnf(format string, args ...any) {
 	}
 }
 
+// tieredRow starts d's tier, then measures the target into a single row.
+func tieredRow(ctx context.Context, d *deployment, measure func(v map[string]float64) error) []Row {
+	if err := d.startTier(ctx); err != nil {
+		return failed(d.name, err)
+	}
+	row := Row{Target: d.name, Values: map[string]float64{}}
+	finish(&row, measure(row.Values))
+	return []Row{row}
+}
+
 // failed is the row of a target that could not be measured at all.
 func failed(target string, err error) []Row {
 	return []Row{{Target: target, Status: StatusFailed, Error: err.Error()}}

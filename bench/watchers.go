@@ -34,15 +34,19 @@ func openWatchSet(ctx context.Context, endpoint string, conns, streams int) (*wa
 	return ws, nil
 }
 
-// watch opens watcher i and serves its responses to onEvents on a goroutine of its own until
-// ctx ends or the watch fails. Created responses are counted in ws.created; failures (other
-// than ctx ending) in ws.errs, the first one kept.
-func (ws *watchSet) watch(ctx context.Context, i int, key string, onEvents func(clientv3.WatchResponse), opts ...clientv3.OpOption) {
+// watch opens watcher i and serves its responses on a goroutine of its own until ctx ends or
+// the watch fails: its created response to onCreated (if not nil), the others to onEvents.
+// Created responses are also counted in ws.created; failures (other than ctx ending) in
+// ws.errs, the first one kept.
+func (ws *watchSet) watch(ctx context.Context, i int, key string, onCreated func(), onEvents func(clientv3.WatchResponse), opts ...clientv3.OpOption) {
 	opts = append(opts, clientv3.WithCreatedNotify())
 	ch := ws.streams[i%len(ws.streams)].Watch(ctx, key, opts...)
 	ws.wg.Go(func() {
 		for resp := range ch {
 			if resp.Created {
+				if onCreated != nil {
+					onCreated()
+				}
 				ws.created.Add(1)
 				continue
 			}
