@@ -30,6 +30,10 @@ var (
 type Revision struct {
 	Rev    int64
 	Events []*mvccpb.Event
+	// Wire holds, for each event, its encoding as a field of an etcd WatchResponse (tag and
+	// length included, prev_kv as logged): the bytes a watch response carries for it. The slices
+	// share the message body; they are read-only.
+	Wire [][]byte
 	// Size is the encoded size of Events in bytes.
 	Size int
 }
@@ -74,6 +78,7 @@ func Decode(seq uint64, header nats.Header, body []byte) (Revision, error) {
 	}
 	r := Revision{Rev: rev, Size: len(body)}
 	for len(body) > 0 {
+		field := body
 		num, typ, n := protowire.ConsumeTag(body)
 		if n < 0 || num != eventsField || typ != protowire.BytesType {
 			return Revision{}, fmt.Errorf("%w: revision %d: bad field", ErrCorrupt, rev)
@@ -83,6 +88,8 @@ func Decode(seq uint64, header nats.Header, body []byte) (Revision, error) {
 		if n < 0 {
 			return Revision{}, fmt.Errorf("%w: revision %d: truncated event", ErrCorrupt, rev)
 		}
+		k := len(field) - len(body) + n
+		field = field[:k:k]
 		body = body[n:]
 		ev := new(mvccpb.Event)
 		if err := proto.Unmarshal(eb, ev); err != nil {
@@ -93,6 +100,7 @@ func Decode(seq uint64, header nats.Header, body []byte) (Revision, error) {
 				ErrCorrupt, rev, ev.GetKv().GetModRevision())
 		}
 		r.Events = append(r.Events, ev)
+		r.Wire = append(r.Wire, field)
 	}
 	if len(r.Events) == 0 {
 		return Revision{}, fmt.Errorf("%w: revision %d has no events", ErrCorrupt, rev)

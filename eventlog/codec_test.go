@@ -8,7 +8,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 )
 
@@ -87,5 +89,38 @@ func TestDecodeRejects(t *testing.T) {
 	}
 	if _, err := Decode(9, hdr(strconv.Itoa(9)), good); err != nil {
 		t.Fatalf("good message rejected: %v", err)
+	}
+}
+
+// TestDecodeWire checks that each event's wire bytes are exactly its WatchResponse field: a
+// response made of a header plus those bytes decodes to the same events.
+func TestDecodeWire(t *testing.T) {
+	events := []*mvccpb.Event{
+		{Type: mvccpb.PUT, Kv: &mvccpb.KeyValue{Key: []byte("a"), Value: []byte("1"), ModRevision: 7, CreateRevision: 7, Version: 1}},
+		{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: []byte("b"), ModRevision: 7},
+			PrevKv: &mvccpb.KeyValue{Key: []byte("b"), Value: []byte("old"), ModRevision: 3, CreateRevision: 2, Version: 2}},
+	}
+	m, err := NewMsg("s", 7, events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Decode(7, m.Header, m.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Wire) != len(events) {
+		t.Fatalf("%d wire fields for %d events", len(r.Wire), len(events))
+	}
+	for i, w := range r.Wire {
+		var resp pb.WatchResponse
+		if err := proto.Unmarshal(w, &resp); err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Events) != 1 || !proto.Equal(resp.Events[0], events[i]) {
+			t.Errorf("wire %d decodes to %v, want %v", i, resp.Events, events[i])
+		}
+		if cap(w) != len(w) {
+			t.Errorf("wire %d can be appended to in place (cap %d > len %d)", i, cap(w), len(w))
+		}
 	}
 }

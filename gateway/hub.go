@@ -11,6 +11,9 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/watchgate/watchgate/cache"
 	"github.com/watchgate/watchgate/eventlog"
 )
@@ -20,29 +23,39 @@ import (
 type revision struct {
 	rev    int64
 	events []*mvccpb.Event // as logged, with prev_kv
+	wire   [][]byte        // each event's WatchResponse field, with prev_kv (eventlog.Revision.Wire)
 
 	noPrevOnce sync.Once
-	noPrev     []*mvccpb.Event // events without prev_kv, built on first use
+	noPrev     [][]byte // each event's field without prev_kv, encoded on first use
 }
 
 func newRevision(r eventlog.Revision) *revision {
-	return &revision{rev: r.Rev, events: r.Events}
+	return &revision{rev: r.Rev, events: r.Events, wire: r.Wire}
 }
 
-// withoutPrevKV returns the revision's events with prev_kv stripped, computed once.
-func (r *revision) withoutPrevKV() []*mvccpb.Event {
+// wireWithoutPrevKV returns each event's WatchResponse field with prev_kv left out, encoded
+// once. An event without prev_kv shares the logged bytes.
+func (r *revision) wireWithoutPrevKV() [][]byte {
 	r.noPrevOnce.Do(func() {
-		r.noPrev = make([]*mvccpb.Event, len(r.events))
+		r.noPrev = make([][]byte, len(r.events))
 		for i, ev := range r.events {
 			if ev.PrevKv == nil {
-				r.noPrev[i] = ev
+				r.noPrev[i] = r.wire[i]
 				continue
 			}
-			r.noPrev[i] = &mvccpb.Event{Type: ev.Type, Kv: ev.Kv}
+			b, err := proto.Marshal(&mvccpb.Event{Type: ev.Type, Kv: ev.Kv})
+			if err != nil {
+				panic(fmt.Sprintf("gateway: re-encoding a decoded event: %v", err)) // cannot fail
+			}
+			f := protowire.AppendTag(nil, eventsFieldNumber, protowire.BytesType)
+			r.noPrev[i] = protowire.AppendBytes(f, b)
 		}
 	})
 	return r.noPrev
 }
+
+// eventsFieldNumber is the field number of events in etcd's WatchResponse.
+const eventsFieldNumber protowire.Number = 11
 
 // hub is the replica's single consumer of the event log (the s-watcher). It applies each
 // revision to the history ring and hands it to every synced watcher; watchers that start in the
@@ -71,7 +84,7 @@ type hub struct {
 	readyAt  int64 // the log's last revision at startup; ready once applied reaches it
 	ready    bool
 	ring     *cache.History[*revision]
-	synced   map[*watcher]struct{}
+	synced   *index
 	watchers int // every registered watcher, synced or catching up
 }
 
@@ -83,7 +96,7 @@ func newHub(o Options, m *metrics, header func(int64) *pb.ResponseHeader) *hub {
 		retry:   o.RetryDelay,
 		started: make(chan struct{}),
 		ring:    cache.NewHistory[*revision](o.HistoryRevisions, o.HistoryBytes),
-		synced:  make(map[*watcher]struct{}),
+		synced:  newIndex(),
 	}
 }
 
@@ -156,31 +169,40 @@ func (h *hub) apply(e eventlog.Entry) {
 		h.compactLocked(e.Rev - 1)
 	}
 	r := newRevision(e.Revision)
-	if err := h.ring.Append(r.rev, r, int64(e.Size)); err != nil {
+	// The ring holds the logged bytes and the decoded events: about twice the message size.
+	if err := h.ring.Append(r.rev, r, 2*int64(e.Size)); err != nil {
 		h.ring.Reset()
-		_ = h.ring.Append(r.rev, r, int64(e.Size)) // cannot fail on an empty ring
+		_ = h.ring.Append(r.rev, r, 2*int64(e.Size)) // cannot fail on an empty ring
 	}
 	h.applied = r.rev
 	h.m.revisions.Add(context.Background(), 1)
 	if !h.ready && h.applied >= h.readyAt {
 		h.ready = true
 	}
-	for w := range h.synced {
-		if w.start > r.rev {
-			continue
-		}
-		resp := w.response(r, h.header)
-		if resp == nil {
-			continue
-		}
-		if !w.stream.trySend(w, resp) {
-			// The stream is full: this watcher catches up from history when it drains.
-			delete(h.synced, w)
-			w.next = r.rev
-			h.m.lagging.Add(context.Background(), 1)
-			go h.catchUp(w)
-		}
+	if h.synced.size == 0 {
+		return
 	}
+	hdr := h.header(r.rev)
+	h.synced.each(r, func(g *group) {
+		// The group's events are encoded once; each watcher's response adds only its header
+		// and id.
+		wire, n := g.opts.appendWire(nil, r)
+		if n == 0 {
+			return
+		}
+		for w := range g.watchers {
+			if w.start > r.rev {
+				continue
+			}
+			if !w.stream.trySend(outMsg{resp: eventsResponse(hdr, w.id, wire), w: w, events: n, bytes: len(wire)}) {
+				// The stream is full: this watcher catches up from history when it drains.
+				h.synced.remove(w)
+				w.next = r.rev
+				h.m.lagging.Add(context.Background(), 1)
+				go h.catchUp(w)
+			}
+		}
+	})
 }
 
 // compactLocked records that revisions <= rev are gone and cancels the synced watchers that
@@ -188,10 +210,12 @@ func (h *hub) apply(e eventlog.Entry) {
 func (h *hub) compactLocked(rev int64) {
 	h.compact = max(h.compact, rev)
 	h.ring.Reset()
-	for w := range h.synced {
-		if w.start <= rev {
-			h.removeLocked(w)
-			go w.stream.sendCompacted(w, h.compact) // never block the hub on a stream
+	for _, g := range h.synced.groups {
+		for w := range g.watchers {
+			if w.start <= rev {
+				h.removeLocked(w)
+				go w.stream.sendCompacted(w, h.compact) // never block the hub on a stream
+			}
 		}
 	}
 }
@@ -211,7 +235,7 @@ func (h *hub) add(w *watcher, start int64) (int64, error) {
 	next := max(start, h.compact+1)
 	if next > h.applied {
 		w.start = next
-		h.synced[w] = struct{}{}
+		h.synced.add(w)
 		return 0, nil
 	}
 	w.next = next
@@ -228,7 +252,7 @@ func (h *hub) remove(w *watcher) {
 
 func (h *hub) removeLocked(w *watcher) {
 	if w.cancel() {
-		delete(h.synced, w)
+		h.synced.remove(w)
 		h.watchers--
 	}
 }
@@ -240,7 +264,8 @@ func (h *hub) status() (applied int64, ready bool) {
 	return h.applied, h.ready
 }
 
-// catchUpBatch is how many revisions a catching-up watcher takes from history per lock.
+// catchUpBatch is how many revisions a catching-up watcher takes from history per lock, and
+// at most how many one catch-up response holds (etcd puts up to 1,000 in one).
 const catchUpBatch = 64
 
 // catchUp feeds w from history, then from the log, until it reaches the hub's applied revision,
@@ -261,7 +286,7 @@ func (h *hub) catchUp(w *watcher) {
 			return
 		case w.next > h.applied:
 			w.start = w.next
-			h.synced[w] = struct{}{}
+			h.synced.add(w)
 			h.mu.Unlock()
 			return
 		}
@@ -273,12 +298,10 @@ func (h *hub) catchUp(w *watcher) {
 		h.mu.Unlock()
 
 		if len(batch) > 0 {
-			for _, r := range batch {
-				if !w.deliver(r, h.header) {
-					return
-				}
-				w.next = r.rev + 1
+			if !w.deliverBatch(batch, h.header) {
+				return
 			}
+			w.next = batch[len(batch)-1].rev + 1
 			continue
 		}
 		if err := h.replay(w, to); err != nil {
@@ -292,20 +315,37 @@ func (h *hub) catchUp(w *watcher) {
 	}
 }
 
-// replay feeds w revisions [w.next, to] from the event log.
+// replay feeds w revisions [w.next, to] from the event log, several revisions per response
+// while the log has more ready.
 func (h *hub) replay(w *watcher, to int64) error {
 	cur, err := h.log.Follow(w.ctx, w.next, 0)
 	if err != nil {
 		return err
 	}
 	defer cur.Close()
-	for w.next <= to {
+	var batch []*revision
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if !w.deliverBatch(batch, h.header) {
+			return fmt.Errorf("gateway: watcher %d closed", w.id)
+		}
+		w.next = batch[len(batch)-1].rev + 1
+		batch = batch[:0]
+		return nil
+	}
+	for w.next+int64(len(batch)) <= to {
 		e, err := cur.Next(w.ctx)
 		if err != nil {
 			return err
 		}
 		if e.Missing != 0 || e.Err != nil {
-			// The log lost (or cannot give) what w needs: record it so the loop compacts w.
+			// The log lost (or cannot give) what w needs: deliver what came before, and record
+			// the loss so the loop compacts w.
+			if err := flush(); err != nil {
+				return err
+			}
 			lost := e.Rev - 1
 			if e.Err != nil {
 				lost = e.Rev
@@ -315,10 +355,12 @@ func (h *hub) replay(w *watcher, to int64) error {
 			h.mu.Unlock()
 			return nil
 		}
-		if !w.deliver(newRevision(e.Revision), h.header) {
-			return fmt.Errorf("gateway: watcher %d closed", w.id)
+		batch = append(batch, newRevision(e.Revision))
+		if len(batch) == catchUpBatch || e.Pending == 0 || e.Rev >= to {
+			if err := flush(); err != nil {
+				return err
+			}
 		}
-		w.next = e.Rev + 1
 	}
-	return nil
+	return flush()
 }

@@ -40,6 +40,11 @@ type Options struct {
 	// WatchSendBuffer is how many responses a watch stream queues before its watchers fall
 	// back to catching up from history. Default 256.
 	WatchSendBuffer int
+	// WatchSendBytes bounds the event bytes a watch stream queues, whatever the number of
+	// responses: past it, as past WatchSendBuffer, its watchers fall back to catching up from
+	// history. With WatchSendBuffer it bounds a stream's memory when its client reads slowly or
+	// not at all. Default 1 MiB.
+	WatchSendBytes int64
 	// MaxRequestBytes is the largest request accepted, as etcd's --max-request-bytes; the gRPC
 	// limit is this plus etcd's 512 KiB allowance. Default 1.5 MiB, etcd's default.
 	MaxRequestBytes int
@@ -66,6 +71,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.WatchSendBuffer <= 0 {
 		o.WatchSendBuffer = 256
+	}
+	if o.WatchSendBytes <= 0 {
+		o.WatchSendBytes = 1 << 20
 	}
 	if o.MaxRequestBytes <= 0 {
 		o.MaxRequestBytes = 3 << 19 // 1.5 MiB

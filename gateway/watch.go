@@ -11,6 +11,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/storage/mvcc"
+	"golang.org/x/sync/semaphore"
 )
 
 // watchServer implements etcd's Watch service from the hub, never from an etcd watch.
@@ -30,6 +31,8 @@ func (ws *watchServer) Watch(srv pb.Watch_WatchServer) error {
 		ctx:      ctx,
 		cancel:   cancel,
 		out:      make(chan outMsg, s.o.WatchSendBuffer),
+		budget:   semaphore.NewWeighted(s.o.WatchSendBytes),
+		capacity: s.o.WatchSendBytes,
 		watchers: make(map[int64]*watcher),
 	}
 	s.m.streams.Add(ctx, 1)
@@ -72,6 +75,10 @@ type watchStream struct {
 	// catch-up goroutines and the receive loop block on it (send). Its capacity is
 	// Options.WatchSendBuffer.
 	out chan outMsg
+	// budget holds the event bytes queued in out, at most capacity (Options.WatchSendBytes):
+	// a response takes its share when queued and gives it back once sent or dropped.
+	budget   *semaphore.Weighted
+	capacity int64
 
 	mu sync.Mutex
 	// Guarded by mu.
@@ -80,23 +87,35 @@ type watchStream struct {
 }
 
 // outMsg is a response for sendLoop; w is set for event responses, which are dropped if w has
-// been canceled by the time they would be sent.
+// been canceled by the time they would be sent; events counts their events and bytes their
+// encoded size.
 type outMsg struct {
-	resp *pb.WatchResponse
-	w    *watcher
+	resp   *pb.WatchResponse
+	w      *watcher
+	events int
+	bytes  int
 }
+
+// share is the part of the stream's byte budget m takes: its size, but never more than the
+// whole budget, so that one large response can still go through an otherwise empty stream.
+func (st *watchStream) share(m outMsg) int64 { return min(int64(m.bytes), st.capacity) }
 
 func (st *watchStream) sendLoop() error {
 	for {
 		select {
 		case m := <-st.out:
 			if m.w != nil && m.w.canceled() {
+				st.budget.Release(st.share(m))
 				continue
 			}
-			if err := st.srv.Send(m.resp); err != nil {
+			err := st.srv.Send(m.resp)
+			st.budget.Release(st.share(m))
+			if err != nil {
 				return err
 			}
-			st.s.m.eventsOut.Add(st.ctx, int64(len(m.resp.Events)))
+			if m.events > 0 {
+				st.s.m.eventsOut.Add(st.ctx, int64(m.events))
+			}
 		case <-st.ctx.Done():
 			return nil
 		}
@@ -125,31 +144,54 @@ func (st *watchStream) recvLoop() error {
 	}
 }
 
-// trySend queues an event response without blocking; false means the stream is full.
-func (st *watchStream) trySend(w *watcher, resp *pb.WatchResponse) bool {
+// trySend queues an event response without blocking; false means the stream is full, in
+// responses or in bytes.
+func (st *watchStream) trySend(m outMsg) bool {
+	if !st.budget.TryAcquire(st.share(m)) {
+		return false
+	}
 	select {
-	case st.out <- outMsg{resp: resp, w: w}:
+	case st.out <- m:
 		return true
 	default:
+		st.budget.Release(st.share(m))
 		return false
 	}
 }
 
 // send queues a response, blocking while the stream is full. w, if set, marks an event
 // response. It returns false if w or the stream ended first.
-func (st *watchStream) send(w *watcher, resp *pb.WatchResponse) bool {
+func (st *watchStream) send(w *watcher, m outMsg) bool {
+	if !st.reserve(m.bytes) {
+		return false
+	}
+	return st.enqueue(w, m)
+}
+
+// reserve takes n bytes of the stream's budget (see share), blocking until they are free; it
+// returns false if the stream ended first.
+func (st *watchStream) reserve(n int) bool {
+	return st.budget.Acquire(st.ctx, st.share(outMsg{bytes: n})) == nil
+}
+
+// unreserve gives back what reserve took.
+func (st *watchStream) unreserve(n int) { st.budget.Release(st.share(outMsg{bytes: n})) }
+
+// enqueue queues m, whose bytes are already reserved, blocking while the queue is full. The
+// reservation goes with m, or is given back if w or the stream ends first.
+func (st *watchStream) enqueue(w *watcher, m outMsg) bool {
 	var wdone chan struct{}
 	if w != nil {
 		wdone = w.done
 	}
 	select {
-	case st.out <- outMsg{resp: resp, w: w}:
+	case st.out <- m:
 		return true
 	case <-wdone:
-		return false
 	case <-st.ctx.Done():
-		return false
 	}
+	st.unreserve(m.bytes)
+	return false
 }
 
 // create handles a WatchCreateRequest as etcd's watch server does.
@@ -209,7 +251,7 @@ func (st *watchStream) create(cr *pb.WatchCreateRequest) {
 	st.mu.Unlock()
 	s.m.watchers.Add(st.ctx, 1)
 
-	st.send(nil, &pb.WatchResponse{Header: s.header(headerRev), WatchId: id, Created: true})
+	st.send(nil, outMsg{resp: &pb.WatchResponse{Header: s.header(headerRev), WatchId: id, Created: true}})
 	compact, err := s.hub.add(w, start)
 	if err != nil {
 		w.cancel()
@@ -221,8 +263,8 @@ func (st *watchStream) create(cr *pb.WatchCreateRequest) {
 // once, with watch id -1 and the reason.
 func (st *watchStream) reject(reason string) {
 	applied, _ := st.s.hub.status()
-	st.send(nil, &pb.WatchResponse{Header: st.s.header(applied), WatchId: clientv3.InvalidWatchID,
-		Created: true, Canceled: true, CancelReason: reason})
+	st.send(nil, outMsg{resp: &pb.WatchResponse{Header: st.s.header(applied), WatchId: clientv3.InvalidWatchID,
+		Created: true, Canceled: true, CancelReason: reason}})
 }
 
 // cancelWatch handles a WatchCancelRequest. Like etcd, an unknown id gets no answer.
@@ -237,7 +279,7 @@ func (st *watchStream) cancelWatch(id int64) {
 	st.s.hub.remove(w)
 	st.s.m.watchers.Add(context.Background(), -1)
 	applied, _ := st.s.hub.status()
-	st.send(nil, &pb.WatchResponse{Header: st.s.header(applied), WatchId: id, Canceled: true})
+	st.send(nil, outMsg{resp: &pb.WatchResponse{Header: st.s.header(applied), WatchId: id, Canceled: true}})
 }
 
 // forget drops w from the stream's watchers, if it is still there.
@@ -255,16 +297,16 @@ func (st *watchStream) forget(w *watcher) {
 func (st *watchStream) sendCompacted(w *watcher, compact int64) {
 	st.forget(w)
 	applied, _ := st.s.hub.status()
-	st.send(nil, &pb.WatchResponse{Header: st.s.header(applied), WatchId: w.id,
-		CompactRevision: compact, Canceled: true})
+	st.send(nil, outMsg{resp: &pb.WatchResponse{Header: st.s.header(applied), WatchId: w.id,
+		CompactRevision: compact, Canceled: true}})
 }
 
 // sendCanceled cancels w with a reason. w must already be removed from the hub.
 func (st *watchStream) sendCanceled(w *watcher, reason string) {
 	st.forget(w)
 	applied, _ := st.s.hub.status()
-	st.send(nil, &pb.WatchResponse{Header: st.s.header(applied), WatchId: w.id,
-		Canceled: true, CancelReason: reason})
+	st.send(nil, outMsg{resp: &pb.WatchResponse{Header: st.s.header(applied), WatchId: w.id,
+		Canceled: true, CancelReason: reason}})
 }
 
 // close ends the stream and removes its watchers from the hub.

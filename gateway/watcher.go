@@ -9,29 +9,89 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
-// watcher is one client watcher (a c-watcher) on one stream.
-type watcher struct {
-	id       int64
-	stream   *watchStream
-	ctx      context.Context // the stream's context
-	key, end []byte          // end nil: the key alone; end empty: every key >= key; else [key, end)
+// watchOpts is what a watcher selects from each revision. Watchers with equal options receive
+// the same events, so they share one index group and one encoding per revision.
+type watchOpts struct {
+	key, end string // end "": the key alone; end "\x00": every key >= key; else [key, end)
 	prevKV   bool
 	noPut    bool
 	noDelete bool
+}
+
+// Watch ranges as etcd's WatchCreateRequest expresses them.
+const fromKeyEnd = "\x00" // range_end of "every key >= key"
+
+func (o *watchOpts) single() bool { return o.end == "" }
+
+func (o *watchOpts) matches(key []byte) bool {
+	switch {
+	case o.end == "":
+		return string(key) == o.key
+	case o.end == fromKeyEnd:
+		return bytes.Compare(key, []byte(o.key)) >= 0
+	default:
+		return bytes.Compare(key, []byte(o.key)) >= 0 && bytes.Compare(key, []byte(o.end)) < 0
+	}
+}
+
+// selects reports whether event i of r is one the options deliver.
+func (o *watchOpts) selects(r *revision, i int) bool {
+	ev := r.events[i]
+	if !o.matches(ev.Kv.Key) {
+		return false
+	}
+	if ev.Type == mvccpb.PUT {
+		return !o.noPut
+	}
+	return !o.noDelete
+}
+
+// appendWire appends the wire encoding of r's events selected by o to dst and returns it with
+// the number of events appended.
+func (o *watchOpts) appendWire(dst []byte, r *revision) ([]byte, int) {
+	wire := r.wire
+	if !o.prevKV {
+		wire = r.wireWithoutPrevKV()
+	}
+	n := 0
+	for i := range r.events {
+		if o.selects(r, i) {
+			dst = append(dst, wire[i]...)
+			n++
+		}
+	}
+	return dst, n
+}
+
+// watcher is one client watcher (a c-watcher) on one stream.
+type watcher struct {
+	watchOpts
+	id     int64
+	stream *watchStream
+	ctx    context.Context // the stream's context
 
 	// start is the first revision a synced watcher takes. Guarded by hub.mu.
 	start int64
 	// next is the next revision to deliver while catching up. It belongs to the catch-up
 	// goroutine, which is started (under hub.mu) after it is set.
 	next int64
+	// group is the index group of a synced watcher, nil while it catches up. Guarded by hub.mu.
+	group *group
 
 	closed atomic.Bool
 	done   chan struct{} // closed by cancel
 }
 
 func newWatcher(ws *watchStream, id int64, cr *pb.WatchCreateRequest, key, end []byte) *watcher {
-	w := &watcher{id: id, stream: ws, ctx: ws.ctx, key: key, end: end, prevKV: cr.PrevKv,
-		done: make(chan struct{})}
+	w := &watcher{id: id, stream: ws, ctx: ws.ctx, done: make(chan struct{}),
+		watchOpts: watchOpts{key: string(key), prevKV: cr.PrevKv}}
+	switch {
+	case end == nil:
+	case len(end) == 0:
+		w.end = fromKeyEnd
+	default:
+		w.end = string(end)
+	}
 	for _, f := range cr.Filters {
 		switch f {
 		case pb.WatchCreateRequest_NOPUT:
@@ -54,46 +114,47 @@ func (w *watcher) cancel() bool {
 
 func (w *watcher) canceled() bool { return w.closed.Load() }
 
-func (w *watcher) matches(key []byte) bool {
-	switch {
-	case w.end == nil:
-		return bytes.Equal(key, w.key)
-	case len(w.end) == 0:
-		return bytes.Compare(key, w.key) >= 0
-	default:
-		return bytes.Compare(key, w.key) >= 0 && bytes.Compare(key, w.end) < 0
-	}
+// eventsResponse is a response carrying already encoded events: wire is appended to the
+// message as it is marshalled (as unknown fields, which is how protobuf keeps bytes it does not
+// parse), so the events are encoded once for every watcher that receives them and only the
+// header and watch id are marshalled per watcher.
+func eventsResponse(hdr *pb.ResponseHeader, id int64, wire []byte) *pb.WatchResponse {
+	resp := &pb.WatchResponse{Header: hdr, WatchId: id}
+	resp.ProtoReflect().SetUnknown(wire)
+	return resp
 }
 
-// response is w's view of revision r, or nil if none of its events concern w. All of a
-// revision's events for w are in one response.
-func (w *watcher) response(r *revision, header func(int64) *pb.ResponseHeader) *pb.WatchResponse {
-	src := r.events
-	if !w.prevKV {
-		src = r.withoutPrevKV()
-	}
-	var evs []*mvccpb.Event
-	for i, ev := range r.events {
-		if !w.matches(ev.Kv.Key) {
-			continue
-		}
-		if (ev.Type == mvccpb.Event_PUT && w.noPut) || (ev.Type == mvccpb.Event_DELETE && w.noDelete) {
-			continue
-		}
-		evs = append(evs, src[i])
-	}
-	if len(evs) == 0 {
-		return nil
-	}
-	return &pb.WatchResponse{Header: header(r.rev), WatchId: w.id, Events: evs}
-}
+// catchUpBytes is about the size of one catch-up response: it holds whole revisions and stops
+// once it reaches this size. Its stream budget is reserved before it is built, so a watcher
+// waiting for room in its stream holds no response in memory.
+const catchUpBytes = 16 << 10
 
-// deliver sends w's view of r, blocking while the stream is full. It returns false if w or its
-// stream was closed meanwhile.
-func (w *watcher) deliver(r *revision, header func(int64) *pb.ResponseHeader) bool {
-	resp := w.response(r, header)
-	if resp == nil {
-		return !w.canceled()
+// deliverBatch sends w its events from revs, several revisions per response as etcd does for a
+// catching-up watcher, blocking while the stream is full. A revision is never split. It returns
+// false if w or its stream was closed meanwhile.
+func (w *watcher) deliverBatch(revs []*revision, header func(int64) *pb.ResponseHeader) bool {
+	for len(revs) > 0 {
+		if !w.stream.reserve(catchUpBytes) {
+			return false
+		}
+		var wire []byte
+		n := 0
+		last := revs[0]
+		for len(revs) > 0 && len(wire) < catchUpBytes {
+			var k int
+			wire, k = w.appendWire(wire, revs[0])
+			n += k
+			last, revs = revs[0], revs[1:]
+		}
+		if n == 0 {
+			w.stream.unreserve(catchUpBytes)
+			continue
+		}
+		// The reservation stands for the response: at most one revision more than reserved.
+		m := outMsg{resp: eventsResponse(header(last.rev), w.id, wire), w: w, events: n, bytes: catchUpBytes}
+		if !w.stream.enqueue(w, m) {
+			return false
+		}
 	}
-	return w.stream.send(w, resp)
+	return !w.canceled()
 }

@@ -123,6 +123,7 @@ type gatewayFlags struct {
 	historyRevisions int
 	historyBytes     int64
 	watchSendBuffer  int
+	watchSendBytes   int64
 	maxRequestBytes  int
 }
 
@@ -131,6 +132,7 @@ func (f *gatewayFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.historyRevisions, "history-revisions", 10000, "most revisions kept in the in-memory watch history")
 	fs.Int64Var(&f.historyBytes, "history-bytes", 64<<20, "encoded `bytes` kept in the in-memory watch history")
 	fs.IntVar(&f.watchSendBuffer, "watch-send-buffer", 256, "responses a watch stream queues before its watchers fall back to catching up from history")
+	fs.Int64Var(&f.watchSendBytes, "watch-send-bytes", 1<<20, "event `bytes` a watch stream queues before its watchers fall back to catching up from history")
 	fs.IntVar(&f.maxRequestBytes, "max-request-bytes", 3<<19, "largest client request in `bytes`, as etcd's --max-request-bytes")
 }
 
@@ -142,6 +144,7 @@ func (f *gatewayFlags) options() gateway.Options {
 		HistoryRevisions:   f.historyRevisions,
 		HistoryBytes:       f.historyBytes,
 		WatchSendBuffer:    f.watchSendBuffer,
+		WatchSendBytes:     f.watchSendBytes,
 		MaxRequestBytes:    f.maxRequestBytes,
 	}
 }
