@@ -257,6 +257,26 @@ func (h *hub) removeLocked(w *watcher) {
 	}
 }
 
+// progress sends st a progress notification with watch id id, carrying the applied revision,
+// if every watcher of ws is synced and none asked to start after that revision (as etcd, which
+// otherwise sends nothing).
+// Every event up to that revision has been queued on the stream before it, so a client that
+// receives it has them all. It never blocks: if the stream is full, nothing is sent, as etcd
+// drops a notification its watcher has no room for. With no watchers there is no response.
+func (h *hub) progress(st *watchStream, ws []*watcher, id int64) {
+	if len(ws) == 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, w := range ws {
+		if w.group == nil || w.startRev > h.applied {
+			return
+		}
+	}
+	st.trySend(outMsg{resp: &pb.WatchResponse{Header: h.header(h.applied), WatchId: id}})
+}
+
 // status reports the last applied revision and whether the replica has caught up with the log.
 func (h *hub) status() (applied int64, ready bool) {
 	h.mu.Lock()

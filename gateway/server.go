@@ -48,6 +48,11 @@ type Options struct {
 	// MaxRequestBytes is the largest request accepted, as etcd's --max-request-bytes; the gRPC
 	// limit is this plus etcd's 512 KiB allowance. Default 1.5 MiB, etcd's default.
 	MaxRequestBytes int
+	// WatchProgressNotifyInterval is how often a watcher created with progress_notify that
+	// received no events gets an empty response carrying the current revision, as etcd's
+	// --watch-progress-notify-interval (plus etcd's random jitter of up to a tenth). Default
+	// 10 minutes, etcd's default; at least 100 ms, etcd's minimum.
+	WatchProgressNotifyInterval time.Duration
 	// RetryDelay is the pause before resuming after an event log error. Default 500 ms.
 	RetryDelay time.Duration
 	// Logger receives warnings and errors. Default: discard.
@@ -77,6 +82,12 @@ func (o *Options) setDefaults() error {
 	}
 	if o.MaxRequestBytes <= 0 {
 		o.MaxRequestBytes = 3 << 19 // 1.5 MiB
+	}
+	switch {
+	case o.WatchProgressNotifyInterval <= 0:
+		o.WatchProgressNotifyInterval = 10 * time.Minute
+	case o.WatchProgressNotifyInterval < minWatchProgressInterval:
+		o.WatchProgressNotifyInterval = minWatchProgressInterval
 	}
 	if o.RetryDelay <= 0 {
 		o.RetryDelay = 500 * time.Millisecond

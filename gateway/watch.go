@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"sync"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -34,6 +36,7 @@ func (ws *watchServer) Watch(srv pb.Watch_WatchServer) error {
 		budget:   semaphore.NewWeighted(s.o.WatchSendBytes),
 		capacity: s.o.WatchSendBytes,
 		watchers: make(map[int64]*watcher),
+		progress: make(map[int64]bool),
 	}
 	s.m.streams.Add(ctx, 1)
 	defer s.m.streams.Add(context.Background(), -1)
@@ -84,6 +87,18 @@ type watchStream struct {
 	// Guarded by mu.
 	watchers map[int64]*watcher
 	nextID   int64 // next automatic watch id, as etcd assigns them
+	// progress holds the watchers created with progress_notify: true if the watcher is due a
+	// progress notification at the next tick (it received no events since the last one).
+	progress map[int64]bool
+}
+
+// minWatchProgressInterval is etcd's floor for the progress notify interval.
+const minWatchProgressInterval = 100 * time.Millisecond
+
+// progressInterval is the next progress tick's delay: the interval plus up to a tenth of it at
+// random, as etcd does, so streams created together do not notify together.
+func progressInterval(d time.Duration) time.Duration {
+	return d + rand.N(d/10)
 }
 
 // outMsg is a response for sendLoop; w is set for event responses, which are dropped if w has
@@ -101,6 +116,8 @@ type outMsg struct {
 func (st *watchStream) share(m outMsg) int64 { return min(int64(m.bytes), st.capacity) }
 
 func (st *watchStream) sendLoop() error {
+	tick := time.NewTimer(progressInterval(st.s.o.WatchProgressNotifyInterval))
+	defer tick.Stop()
 	for {
 		select {
 		case m := <-st.out:
@@ -115,11 +132,49 @@ func (st *watchStream) sendLoop() error {
 			}
 			if m.events > 0 {
 				st.s.m.eventsOut.Add(st.ctx, int64(m.events))
+				st.mu.Lock()
+				if st.progress[m.w.id] {
+					st.progress[m.w.id] = false // an event response stands for the next notification
+				}
+				st.mu.Unlock()
 			}
+		case <-tick.C:
+			st.notifyProgress()
+			tick.Reset(progressInterval(st.s.o.WatchProgressNotifyInterval))
 		case <-st.ctx.Done():
 			return nil
 		}
 	}
+}
+
+// notifyProgress sends each progress_notify watcher that received no events since the last
+// tick a progress notification (if it is synced), and marks them all due again.
+func (st *watchStream) notifyProgress() {
+	st.mu.Lock()
+	var due []*watcher
+	for id, ok := range st.progress {
+		if w := st.watchers[id]; ok && w != nil {
+			due = append(due, w)
+		}
+		st.progress[id] = true
+	}
+	st.mu.Unlock()
+	for _, w := range due {
+		st.s.hub.progress(st, []*watcher{w}, w.id)
+	}
+}
+
+// requestProgressAll answers a client's progress request as etcd does: if every watcher on the
+// stream is synced, one response with watch id -1 and the revision up to which every event has
+// been sent; otherwise nothing.
+func (st *watchStream) requestProgressAll() {
+	st.mu.Lock()
+	ws := make([]*watcher, 0, len(st.watchers))
+	for _, w := range st.watchers {
+		ws = append(ws, w)
+	}
+	st.mu.Unlock()
+	st.s.hub.progress(st, ws, clientv3.InvalidWatchID)
 }
 
 func (st *watchStream) recvLoop() error {
@@ -139,6 +194,10 @@ func (st *watchStream) recvLoop() error {
 		case *pb.WatchRequest_CancelRequest:
 			if r.CancelRequest != nil {
 				st.cancelWatch(r.CancelRequest.WatchId)
+			}
+		case *pb.WatchRequest_ProgressRequest:
+			if r.ProgressRequest != nil {
+				st.requestProgressAll()
 			}
 		}
 	}
@@ -248,6 +307,9 @@ func (st *watchStream) create(cr *pb.WatchCreateRequest) {
 	}
 	w := newWatcher(st, id, cr, key, end)
 	st.watchers[id] = w
+	if cr.ProgressNotify {
+		st.progress[id] = true
+	}
 	st.mu.Unlock()
 	s.m.watchers.Add(st.ctx, 1)
 
@@ -272,6 +334,7 @@ func (st *watchStream) cancelWatch(id int64) {
 	st.mu.Lock()
 	w := st.watchers[id]
 	delete(st.watchers, id)
+	delete(st.progress, id)
 	st.mu.Unlock()
 	if w == nil {
 		return
@@ -287,6 +350,7 @@ func (st *watchStream) forget(w *watcher) {
 	st.mu.Lock()
 	if st.watchers[w.id] == w {
 		delete(st.watchers, w.id)
+		delete(st.progress, w.id)
 		st.s.m.watchers.Add(context.Background(), -1)
 	}
 	st.mu.Unlock()

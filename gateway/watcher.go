@@ -70,6 +70,8 @@ type watcher struct {
 	stream *watchStream
 	ctx    context.Context // the stream's context
 
+	// startRev is the start revision the client asked for (0: from now).
+	startRev int64
 	// start is the first revision a synced watcher takes. Guarded by hub.mu.
 	start int64
 	// next is the next revision to deliver while catching up. It belongs to the catch-up
@@ -83,7 +85,7 @@ type watcher struct {
 }
 
 func newWatcher(ws *watchStream, id int64, cr *pb.WatchCreateRequest, key, end []byte) *watcher {
-	w := &watcher{id: id, stream: ws, ctx: ws.ctx, done: make(chan struct{}),
+	w := &watcher{id: id, stream: ws, ctx: ws.ctx, done: make(chan struct{}), startRev: cr.StartRevision,
 		watchOpts: watchOpts{key: string(key), prevKV: cr.PrevKv}}
 	switch {
 	case end == nil:

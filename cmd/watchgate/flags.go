@@ -124,6 +124,7 @@ type gatewayFlags struct {
 	historyBytes     int64
 	watchSendBuffer  int
 	watchSendBytes   int64
+	progressInterval time.Duration
 	maxRequestBytes  int
 }
 
@@ -133,6 +134,7 @@ func (f *gatewayFlags) register(fs *flag.FlagSet) {
 	fs.Int64Var(&f.historyBytes, "history-bytes", 64<<20, "encoded `bytes` kept in the in-memory watch history")
 	fs.IntVar(&f.watchSendBuffer, "watch-send-buffer", 256, "responses a watch stream queues before its watchers fall back to catching up from history")
 	fs.Int64Var(&f.watchSendBytes, "watch-send-bytes", 1<<20, "event `bytes` a watch stream queues before its watchers fall back to catching up from history")
+	fs.DurationVar(&f.progressInterval, "watch-progress-notify-interval", 10*time.Minute, "how often watchers created with progress_notify that received no events get the current revision, as etcd's flag of that name (at least 100ms)")
 	fs.IntVar(&f.maxRequestBytes, "max-request-bytes", 3<<19, "largest client request in `bytes`, as etcd's --max-request-bytes")
 }
 
@@ -140,12 +142,13 @@ func (f *gatewayFlags) register(fs *flag.FlagSet) {
 // and meter.
 func (f *gatewayFlags) options() gateway.Options {
 	return gateway.Options{
-		AdvertiseClientURL: f.advertise,
-		HistoryRevisions:   f.historyRevisions,
-		HistoryBytes:       f.historyBytes,
-		WatchSendBuffer:    f.watchSendBuffer,
-		WatchSendBytes:     f.watchSendBytes,
-		MaxRequestBytes:    f.maxRequestBytes,
+		AdvertiseClientURL:          f.advertise,
+		HistoryRevisions:            f.historyRevisions,
+		HistoryBytes:                f.historyBytes,
+		WatchSendBuffer:             f.watchSendBuffer,
+		WatchSendBytes:              f.watchSendBytes,
+		WatchProgressNotifyInterval: f.progressInterval,
+		MaxRequestBytes:             f.maxRequestBytes,
 	}
 }
 
