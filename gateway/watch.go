@@ -125,7 +125,7 @@ func (st *watchStream) sendLoop() error {
 				st.budget.Release(st.share(m))
 				continue
 			}
-			err := st.srv.Send(m.resp)
+			err := st.sendResponse(m)
 			st.budget.Release(st.share(m))
 			if err != nil {
 				return err
@@ -145,6 +145,19 @@ func (st *watchStream) sendLoop() error {
 			return nil
 		}
 	}
+}
+
+// sendResponse writes m to the client, in fragments if its watcher asked for them.
+func (st *watchStream) sendResponse(m outMsg) error {
+	if m.w == nil || !m.w.fragment {
+		return st.srv.Send(m.resp)
+	}
+	for _, f := range fragments(m.resp, m.events, st.s.o.MaxRequestBytes+grpcOverheadBytes) {
+		if err := st.srv.Send(f); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // notifyProgress sends each progress_notify watcher that received no events since the last

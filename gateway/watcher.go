@@ -72,6 +72,8 @@ type watcher struct {
 
 	// startRev is the start revision the client asked for (0: from now).
 	startRev int64
+	// fragment: the client asked for large responses to be split (WatchCreateRequest.fragment).
+	fragment bool
 	// start is the first revision a synced watcher takes. Guarded by hub.mu.
 	start int64
 	// next is the next revision to deliver while catching up. It belongs to the catch-up
@@ -85,7 +87,7 @@ type watcher struct {
 }
 
 func newWatcher(ws *watchStream, id int64, cr *pb.WatchCreateRequest, key, end []byte) *watcher {
-	w := &watcher{id: id, stream: ws, ctx: ws.ctx, done: make(chan struct{}), startRev: cr.StartRevision,
+	w := &watcher{id: id, stream: ws, ctx: ws.ctx, done: make(chan struct{}), startRev: cr.StartRevision, fragment: cr.Fragment,
 		watchOpts: watchOpts{key: string(key), prevKV: cr.PrevKv}}
 	switch {
 	case end == nil:
