@@ -53,6 +53,12 @@ type Options struct {
 	// --watch-progress-notify-interval (plus etcd's random jitter of up to a tenth). Default
 	// 10 minutes, etcd's default; at least 100 ms, etcd's minimum.
 	WatchProgressNotifyInterval time.Duration
+	// LeaderCheckInterval is how often the replica checks its event log and member
+	// connections. A watch stream that requires a leader is refused while either is down, and
+	// ended with etcd's no-leader error after three failed checks in a row, as etcd ends them
+	// after three election timeouts without a leader. Default 1 s (etcd's default election
+	// timeout).
+	LeaderCheckInterval time.Duration
 	// RetryDelay is the pause before resuming after an event log error. Default 500 ms.
 	RetryDelay time.Duration
 	// Logger receives warnings and errors. Default: discard.
@@ -89,6 +95,9 @@ func (o *Options) setDefaults() error {
 	case o.WatchProgressNotifyInterval < minWatchProgressInterval:
 		o.WatchProgressNotifyInterval = minWatchProgressInterval
 	}
+	if o.LeaderCheckInterval <= 0 {
+		o.LeaderCheckInterval = time.Second
+	}
 	if o.RetryDelay <= 0 {
 		o.RetryDelay = 500 * time.Millisecond
 	}
@@ -114,6 +123,8 @@ type Server struct {
 	// hdr is the response header template (cluster id, member id, raft term) from the member,
 	// refreshed by every revision probe.
 	hdr atomic.Pointer[pb.ResponseHeader]
+
+	leader leaderMonitor // require-leader streams and the replica's health
 }
 
 // New checks o and builds a replica. It does no I/O.
@@ -172,6 +183,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if _, err := s.currentRevision(ctx); err != nil {
 		s.o.Logger.Warn("member not reachable yet", "err", err)
 	}
+	go s.monitorLeader(ctx, s.o.LeaderCheckInterval)
 	return s.hub.run(ctx, log)
 }
 

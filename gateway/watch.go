@@ -26,12 +26,19 @@ type watchServer struct {
 // and ends when the client goes away or a send fails.
 func (ws *watchServer) Watch(srv pb.Watch_WatchServer) error {
 	s := ws.s
-	ctx, cancel := context.WithCancel(srv.Context())
+	ctx, cancelCause := context.WithCancelCause(srv.Context())
+	defer cancelCause(nil)
+	if requiresLeader(ctx) {
+		if s.leader.leaderless.Load() {
+			return rpctypes.ErrGRPCNoLeader
+		}
+		defer s.leader.register(cancelCause)()
+	}
 	st := &watchStream{
 		srv:      srv,
 		s:        s,
 		ctx:      ctx,
-		cancel:   cancel,
+		cancel:   func() { cancelCause(nil) },
 		out:      make(chan outMsg, s.o.WatchSendBuffer),
 		budget:   semaphore.NewWeighted(s.o.WatchSendBytes),
 		capacity: s.o.WatchSendBytes,
@@ -56,8 +63,8 @@ func (ws *watchServer) Watch(srv pb.Watch_WatchServer) error {
 	var err error
 	select {
 	case err = <-errc:
-	case <-srv.Context().Done():
-		err = srv.Context().Err()
+	case <-ctx.Done():
+		err = context.Cause(ctx)
 	}
 	if errors.Is(err, context.Canceled) {
 		err = rpctypes.ErrGRPCWatchCanceled
