@@ -53,6 +53,12 @@ type Options struct {
 	// --watch-progress-notify-interval (plus etcd's random jitter of up to a tenth). Default
 	// 10 minutes, etcd's default; at least 100 ms, etcd's minimum.
 	WatchProgressNotifyInterval time.Duration
+	// MaxWatchStreams, MaxWatchers and MaxWatchersPerStream limit the watch streams open on
+	// the replica, its watchers, and the watchers of one stream. Past a limit a new stream
+	// fails with ResourceExhausted, and a new watcher is refused as etcd refuses a bad create
+	// request (created and canceled, watch id -1, the limit in the reason). 0: no limit, as
+	// etcd. Default 0.
+	MaxWatchStreams, MaxWatchers, MaxWatchersPerStream int
 	// LeaderCheckInterval is how often the replica checks its event log and member
 	// connections. A watch stream that requires a leader is refused while either is down, and
 	// ended with etcd's no-leader error after three failed checks in a row, as etcd ends them
@@ -125,6 +131,8 @@ type Server struct {
 	hdr atomic.Pointer[pb.ResponseHeader]
 
 	leader leaderMonitor // require-leader streams and the replica's health
+
+	streams, watchers atomic.Int64 // open watch streams and watchers, for the limits
 }
 
 // New checks o and builds a replica. It does no I/O.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"sync"
@@ -14,6 +15,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/storage/mvcc"
 	"golang.org/x/sync/semaphore"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // watchServer implements etcd's Watch service from the hub, never from an etcd watch.
@@ -45,6 +48,11 @@ func (ws *watchServer) Watch(srv pb.Watch_WatchServer) error {
 		watchers: make(map[int64]*watcher),
 		progress: make(map[int64]bool),
 	}
+	if n := s.streams.Add(1); s.o.MaxWatchStreams > 0 && n > int64(s.o.MaxWatchStreams) {
+		s.streams.Add(-1)
+		return status.Errorf(codes.ResourceExhausted, "gateway: too many watch streams on this replica (limit %d)", s.o.MaxWatchStreams)
+	}
+	defer s.streams.Add(-1)
 	s.m.streams.Add(ctx, 1)
 	defer s.m.streams.Add(context.Background(), -1)
 
@@ -325,6 +333,17 @@ func (st *watchStream) create(cr *pb.WatchCreateRequest) {
 		st.reject(mvcc.ErrWatcherDuplicateID.Error())
 		return
 	}
+	if limit := s.o.MaxWatchersPerStream; limit > 0 && len(st.watchers) >= limit {
+		st.mu.Unlock()
+		st.reject(fmt.Sprintf("gateway: too many watchers on this stream (limit %d)", limit))
+		return
+	}
+	if n := s.watchers.Add(1); s.o.MaxWatchers > 0 && n > int64(s.o.MaxWatchers) {
+		s.watchers.Add(-1)
+		st.mu.Unlock()
+		st.reject(fmt.Sprintf("gateway: too many watchers on this replica (limit %d)", s.o.MaxWatchers))
+		return
+	}
 	w := newWatcher(st, id, cr, key, end)
 	st.watchers[id] = w
 	if cr.ProgressNotify {
@@ -360,7 +379,7 @@ func (st *watchStream) cancelWatch(id int64) {
 		return
 	}
 	st.s.hub.remove(w)
-	st.s.m.watchers.Add(context.Background(), -1)
+	st.s.watcherGone()
 	applied, _ := st.s.hub.status()
 	st.send(nil, outMsg{resp: &pb.WatchResponse{Header: st.s.header(applied), WatchId: id, Canceled: true}})
 }
@@ -371,7 +390,7 @@ func (st *watchStream) forget(w *watcher) {
 	if st.watchers[w.id] == w {
 		delete(st.watchers, w.id)
 		delete(st.progress, w.id)
-		st.s.m.watchers.Add(context.Background(), -1)
+		st.s.watcherGone()
 	}
 	st.mu.Unlock()
 }
@@ -402,6 +421,12 @@ func (st *watchStream) close() {
 	st.mu.Unlock()
 	for _, w := range ws {
 		st.s.hub.remove(w)
-		st.s.m.watchers.Add(context.Background(), -1)
+		st.s.watcherGone()
 	}
+}
+
+// watcherGone counts a watcher out of the replica's total.
+func (s *Server) watcherGone() {
+	s.watchers.Add(-1)
+	s.m.watchers.Add(context.Background(), -1)
 }

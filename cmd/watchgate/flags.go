@@ -125,6 +125,9 @@ type gatewayFlags struct {
 	watchSendBuffer  int
 	watchSendBytes   int64
 	progressInterval time.Duration
+	maxStreams       int
+	maxWatchers      int
+	maxPerStream     int
 	maxRequestBytes  int
 }
 
@@ -135,6 +138,9 @@ func (f *gatewayFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.watchSendBuffer, "watch-send-buffer", 256, "responses a watch stream queues before its watchers fall back to catching up from history")
 	fs.Int64Var(&f.watchSendBytes, "watch-send-bytes", 1<<20, "event `bytes` a watch stream queues before its watchers fall back to catching up from history")
 	fs.DurationVar(&f.progressInterval, "watch-progress-notify-interval", 10*time.Minute, "how often watchers created with progress_notify that received no events get the current revision, as etcd's flag of that name (at least 100ms)")
+	fs.IntVar(&f.maxStreams, "max-watch-streams", 0, "most watch streams open on this replica; 0 for no limit")
+	fs.IntVar(&f.maxWatchers, "max-watchers", 0, "most watchers on this replica; 0 for no limit")
+	fs.IntVar(&f.maxPerStream, "max-watchers-per-stream", 0, "most watchers on one watch stream; 0 for no limit")
 	fs.IntVar(&f.maxRequestBytes, "max-request-bytes", 3<<19, "largest client request in `bytes`, as etcd's --max-request-bytes")
 }
 
@@ -148,6 +154,9 @@ func (f *gatewayFlags) options() gateway.Options {
 		WatchSendBuffer:             f.watchSendBuffer,
 		WatchSendBytes:              f.watchSendBytes,
 		WatchProgressNotifyInterval: f.progressInterval,
+		MaxWatchStreams:             f.maxStreams,
+		MaxWatchers:                 f.maxWatchers,
+		MaxWatchersPerStream:        f.maxPerStream,
 		MaxRequestBytes:             f.maxRequestBytes,
 	}
 }

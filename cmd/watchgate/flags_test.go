@@ -125,6 +125,7 @@ func TestCommandFlags(t *testing.T) {
 	limits := map[string]string{"log-max-age": "0s", "log-max-bytes": "0"}
 	tuning := map[string]string{
 		"history-revisions": "10000", "history-bytes": "67108864", "watch-send-buffer": "256", "watch-send-bytes": "1048576", "watch-progress-notify-interval": "10m0s",
+		"max-watch-streams": "0", "max-watchers": "0", "max-watchers-per-stream": "0",
 		"max-request-bytes": "1572864", "advertise-client-url": "",
 	}
 	upstream := map[string]string{"etcd-endpoints": "http://127.0.0.1:2379", "nats-url": "nats://127.0.0.1:4222"}
