@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
@@ -211,6 +212,32 @@ func (s *Server) Applied() int64 {
 func (s *Server) header(rev int64) *pb.ResponseHeader {
 	t := s.hdr.Load()
 	return &pb.ResponseHeader{ClusterId: t.ClusterId, MemberId: t.MemberId, RaftTerm: t.RaftTerm, Revision: rev}
+}
+
+// memberCompaction returns the member's compact revision if a watch from rev is affected by
+// it (rev is below it, or at it), else 0. A count-only read at rev-1 tells (etcd refuses to read
+// below its compact revision); only then does a watch from there fetch the compact revision
+// itself, which etcd puts in its answer to a compacted watch. Any other error counts as not
+// compacted: the watch is then served from the event log.
+func (s *Server) memberCompaction(ctx context.Context, rev int64) int64 {
+	rev = max(rev-1, 1) // revision 0 would mean the current one
+	_, err := s.o.Member.Get(ctx, "\x00", clientv3.WithRev(rev), clientv3.WithCountOnly(), clientv3.WithSerializable())
+	if !errors.Is(err, rpctypes.ErrCompacted) {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	w := clientv3.NewWatcher(s.o.Member)
+	defer w.Close()
+	for resp := range w.Watch(ctx, "\x00", clientv3.WithRev(rev)) {
+		if resp.CompactRevision != 0 {
+			return resp.CompactRevision
+		}
+		if resp.Err() != nil {
+			break
+		}
+	}
+	return 0
 }
 
 // currentRevision reads etcd's current revision linearizably.

@@ -74,6 +74,10 @@ type watcher struct {
 	startRev int64
 	// fragment: the client asked for large responses to be split (WatchCreateRequest.fragment).
 	fragment bool
+	// noPrevAt is a revision whose events this watcher gets without prev_kv: the member's
+	// compact revision, when the watcher starts there (etcd can no longer read the previous
+	// values). Set before the watcher is registered.
+	noPrevAt int64
 	// start is the first revision a synced watcher takes. Guarded by hub.mu.
 	start int64
 	// next is the next revision to deliver while catching up. It belongs to the catch-up
@@ -145,8 +149,14 @@ func (w *watcher) deliverBatch(revs []*revision, header func(int64) *pb.Response
 		n := 0
 		last := revs[0]
 		for len(revs) > 0 && len(wire) < catchUpBytes {
+			o := &w.watchOpts
+			if revs[0].rev == w.noPrevAt && o.prevKV {
+				noPrev := *o
+				noPrev.prevKV = false
+				o = &noPrev
+			}
 			var k int
-			wire, k = w.appendWire(wire, revs[0])
+			wire, k = o.appendWire(wire, revs[0])
 			n += k
 			last, revs = revs[0], revs[1:]
 		}
