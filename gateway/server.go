@@ -214,16 +214,20 @@ func (s *Server) header(rev int64) *pb.ResponseHeader {
 	return &pb.ResponseHeader{ClusterId: t.ClusterId, MemberId: t.MemberId, RaftTerm: t.RaftTerm, Revision: rev}
 }
 
-// memberCompaction returns the member's compact revision if a watch from rev is affected by
-// it (rev is below it, or at it), else 0. A count-only read at rev-1 tells (etcd refuses to read
-// below its compact revision); only then does a watch from there fetch the compact revision
-// itself, which etcd puts in its answer to a compacted watch. Any other error counts as not
-// compacted: the watch is then served from the event log.
-func (s *Server) memberCompaction(ctx context.Context, rev int64) int64 {
+// memberCompaction returns the member's compact revision if a watch from the past revision rev
+// is affected by it (rev is below it, or at it), else 0, and the member's current revision (0
+// if it could not be read). A count-only read at rev-1 tells (etcd refuses to read below its
+// compact revision); only then does a watch from there fetch the compact revision itself, which
+// etcd puts in its answer to a compacted watch. Any other error counts as not compacted: the
+// watch is then served from the event log.
+func (s *Server) memberCompaction(ctx context.Context, rev int64) (compact, current int64) {
 	rev = max(rev-1, 1) // revision 0 would mean the current one
-	_, err := s.o.Member.Get(ctx, "\x00", clientv3.WithRev(rev), clientv3.WithCountOnly(), clientv3.WithSerializable())
+	r, err := s.o.Member.Get(ctx, "\x00", clientv3.WithRev(rev), clientv3.WithCountOnly(), clientv3.WithSerializable())
+	if err == nil {
+		current = r.Header.Revision
+	}
 	if !errors.Is(err, rpctypes.ErrCompacted) {
-		return 0
+		return 0, current
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -231,13 +235,13 @@ func (s *Server) memberCompaction(ctx context.Context, rev int64) int64 {
 	defer w.Close()
 	for resp := range w.Watch(ctx, "\x00", clientv3.WithRev(rev)) {
 		if resp.CompactRevision != 0 {
-			return resp.CompactRevision
+			return resp.CompactRevision, resp.Header.Revision
 		}
 		if resp.Err() != nil {
 			break
 		}
 	}
-	return 0
+	return 0, 0
 }
 
 // currentRevision reads etcd's current revision linearizably.

@@ -352,20 +352,24 @@ func (st *watchStream) create(cr *pb.WatchCreateRequest) {
 	st.mu.Unlock()
 	s.m.watchers.Add(st.ctx, 1)
 
-	st.send(nil, outMsg{resp: &pb.WatchResponse{Header: s.header(headerRev), WatchId: id, Created: true}})
+	// A past start revision the member has compacted away is compacted here too, even if the
+	// event log still holds it: the answer is etcd's. A watch from the compact revision itself
+	// gets that revision's events without prev_kv, as from etcd, which reads prev_kv from its
+	// store at the revision before. The same read gives the Created header etcd's revision.
+	var memberCompact int64
 	if cr.StartRevision > 0 && cr.StartRevision <= headerRev {
-		// A past start revision the member has compacted away is compacted here too, even if
-		// the event log still holds it: the answer is etcd's. A watch from the compact revision
-		// itself gets that revision's events without prev_kv, as from etcd, which reads prev_kv
-		// from its store at the revision before.
-		switch compact := s.memberCompaction(st.ctx, cr.StartRevision); {
-		case cr.StartRevision < compact:
-			w.cancel()
-			st.sendCompacted(w, compact)
-			return
-		case cr.StartRevision == compact:
-			w.noPrevAt = compact
+		var current int64
+		memberCompact, current = s.memberCompaction(st.ctx, cr.StartRevision)
+		headerRev = max(headerRev, current)
+		if cr.StartRevision == memberCompact {
+			w.noPrevAt = memberCompact
 		}
+	}
+	st.send(nil, outMsg{resp: &pb.WatchResponse{Header: s.header(headerRev), WatchId: id, Created: true}})
+	if cr.StartRevision < memberCompact {
+		w.cancel()
+		st.sendCompacted(w, memberCompact)
+		return
 	}
 	compact, err := s.hub.add(w, start)
 	if err != nil {
