@@ -2,13 +2,11 @@ package gateway
 
 import (
 	"fmt"
-	"log/slog"
 	"strings"
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.opentelemetry.io/otel/metric/noop"
 
 	"github.com/watchgate/watchgate/eventlog"
 )
@@ -45,25 +43,14 @@ func benchmarkDispatch(b *testing.B, n, idle int) {
 	// the production default of 256, so setup and memory stay small at every N.
 	queue := min(max(1<<16/n, 1), 256)
 
-	o := Options{
-		HistoryRevisions: 10000,
-		HistoryBytes:     64 << 20,
-		Logger:           slog.New(slog.DiscardHandler),
-	}
-	m, err := newMetrics(noop.NewMeterProvider().Meter(""))
-	if err != nil {
-		b.Fatal(err)
-	}
-	s := &Server{o: o, m: m}
-	s.hdr.Store(&pb.ResponseHeader{ClusterId: 14841639068965178418, MemberId: 10276657743932975437, RaftTerm: 2})
-	s.hub = newHub(o, m, s.header)
+	s := newBareServer(b, Options{})
 
 	key := "/registry/configmaps/default/benchmark"
 	key += strings.Repeat("k", 100-len(key))
 	ctx := b.Context()
 	streams := make([]*watchStream, n)
 	for i := range streams {
-		st := &watchStream{s: s, ctx: ctx, out: make(chan outMsg, queue), watchers: make(map[int64]*watcher)}
+		st := s.bareStream(ctx, queue)
 		w := newWatcher(st, 0, &pb.WatchCreateRequest{Key: []byte(key), PrevKv: true}, []byte(key), nil)
 		st.watchers[w.id] = w
 		if _, err := s.hub.add(w, 1); err != nil {
@@ -72,7 +59,7 @@ func benchmarkDispatch(b *testing.B, n, idle int) {
 		streams[i] = st
 	}
 	// The idle watchers share one stream: nothing is ever sent to it.
-	idleStream := &watchStream{s: s, ctx: ctx, out: make(chan outMsg), watchers: make(map[int64]*watcher)}
+	idleStream := s.bareStream(ctx, 0)
 	for i := range idle {
 		k := fmt.Sprintf("/registry/configmaps/idle/%08d", i)
 		w := newWatcher(idleStream, int64(i), &pb.WatchCreateRequest{Key: []byte(k), PrevKv: true}, []byte(k), nil)
