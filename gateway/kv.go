@@ -31,6 +31,8 @@ type kvServer struct {
 
 	// kv is the member cluster's KV service.
 	kv pb.KVClient
+	// compacted, if set, is told of every compaction that passed through.
+	compacted func()
 }
 
 // newKVServer returns a kvServer forwarding to the member behind conn, typically
@@ -83,7 +85,11 @@ func (s *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 
 // Compact forwards a compaction request.
 func (s *kvServer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
-	return s.kv.Compact(passthroughContext(ctx), r, passthroughCallOptions()...)
+	resp, err := s.kv.Compact(passthroughContext(ctx), r, passthroughCallOptions()...)
+	if s.compacted != nil {
+		s.compacted()
+	}
+	return resp, err
 }
 
 // passthroughCallOptions returns the call options of every upstream call. gRPC's default 4 MiB

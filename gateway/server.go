@@ -11,7 +11,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
@@ -134,6 +133,8 @@ type Server struct {
 	leader leaderMonitor // require-leader streams and the replica's health
 
 	streams, watchers atomic.Int64 // open watch streams and watchers, for the limits
+
+	probes compactionProbes // questions to the member about its compaction
 }
 
 // New checks o and builds a replica. It does no I/O.
@@ -154,7 +155,9 @@ func New(o Options) (*Server, error) {
 // Register adds the replica's etcd services to g: KV, Watch, Lease, Maintenance and Cluster.
 func (s *Server) Register(g *grpc.Server) {
 	conn := s.o.Member.ActiveConnection()
-	pb.RegisterKVServer(g, newKVServer(conn))
+	kv := newKVServer(conn)
+	kv.compacted = s.probes.forget
+	pb.RegisterKVServer(g, kv)
 	pb.RegisterWatchServer(g, &watchServer{s: s})
 	pb.RegisterLeaseServer(g, newLeaseServer(conn))
 	pb.RegisterMaintenanceServer(g, newMaintenanceServer(conn))
@@ -212,36 +215,6 @@ func (s *Server) Applied() int64 {
 func (s *Server) header(rev int64) *pb.ResponseHeader {
 	t := s.hdr.Load()
 	return &pb.ResponseHeader{ClusterId: t.ClusterId, MemberId: t.MemberId, RaftTerm: t.RaftTerm, Revision: rev}
-}
-
-// memberCompaction returns the member's compact revision if a watch from the past revision rev
-// is affected by it (rev is below it, or at it), else 0, and the member's current revision (0
-// if it could not be read). A count-only read at rev-1 tells (etcd refuses to read below its
-// compact revision); only then does a watch from there fetch the compact revision itself, which
-// etcd puts in its answer to a compacted watch. Any other error counts as not compacted: the
-// watch is then served from the event log.
-func (s *Server) memberCompaction(ctx context.Context, rev int64) (compact, current int64) {
-	rev = max(rev-1, 1) // revision 0 would mean the current one
-	r, err := s.o.Member.Get(ctx, "\x00", clientv3.WithRev(rev), clientv3.WithCountOnly(), clientv3.WithSerializable())
-	if err == nil {
-		current = r.Header.Revision
-	}
-	if !errors.Is(err, rpctypes.ErrCompacted) {
-		return 0, current
-	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	w := clientv3.NewWatcher(s.o.Member)
-	defer w.Close()
-	for resp := range w.Watch(ctx, "\x00", clientv3.WithRev(rev)) {
-		if resp.CompactRevision != 0 {
-			return resp.CompactRevision, resp.Header.Revision
-		}
-		if resp.Err() != nil {
-			break
-		}
-	}
-	return 0, 0
 }
 
 // currentRevision reads etcd's current revision linearizably.
