@@ -190,7 +190,10 @@ func (h *hub) apply(e eventlog.Entry) {
 		if n == 0 {
 			return
 		}
-		for w := range g.watchers {
+		// Walk backwards: a watcher that lags is removed by swapping the last one into its
+		// slot, which has then been visited already.
+		for i := len(g.watchers) - 1; i >= 0; i-- {
+			w := g.watchers[i]
 			if w.start > r.rev {
 				continue
 			}
@@ -210,14 +213,12 @@ func (h *hub) apply(e eventlog.Entry) {
 func (h *hub) compactLocked(rev int64) {
 	h.compact = max(h.compact, rev)
 	h.ring.Reset()
-	for _, g := range h.synced.groups {
-		for w := range g.watchers {
-			if w.start <= rev {
-				h.removeLocked(w)
-				go w.stream.sendCompacted(w, h.compact) // never block the hub on a stream
-			}
+	h.synced.all(func(w *watcher) {
+		if w.start <= rev {
+			h.removeLocked(w)
+			go w.stream.sendCompacted(w, h.compact) // never block the hub on a stream
 		}
-	}
+	})
 }
 
 // Errors from registering a watcher.

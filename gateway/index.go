@@ -4,39 +4,55 @@ package gateway
 // events, encoded once.
 type group struct {
 	opts     watchOpts
-	watchers map[*watcher]struct{}
-	mark     int64 // the last revision dispatched to this group (so a group is visited once)
+	watchers []*watcher // each watcher's slot is its index here
+	mark     int64      // the last revision dispatched to this group (so a group is visited once)
+	variant  *group     // the next group on the same key, with other options (single-key groups)
 }
 
 // index finds the synced watchers a revision concerns without looking at the others: groups of
 // single-key watchers are found by key, one map lookup per event; groups watching a range are
 // few (one per distinct range and options, however many watchers share it) and are checked
-// against each revision. Guarded by hub.mu.
+// against each revision. It is kept small, since most watchers sit idle in it: a watcher costs
+// a slot in its group's slice, and a key's first watcher a group and a map entry; a key's other
+// option variants are chained from its first group. Guarded by hub.mu.
 type index struct {
-	groups map[watchOpts]*group
-	exact  map[string][]*group // single-key groups, by key
-	ranges []*group            // range groups
-	size   int                 // synced watchers
-	found  []*group            // scratch for each
+	exact  map[string]*group // single-key groups, by key: the first of the key's option variants
+	ranges []*group          // range groups
+	size   int               // synced watchers
+	found  []*group          // scratch for each
 }
 
 func newIndex() *index {
-	return &index{groups: make(map[watchOpts]*group), exact: make(map[string][]*group)}
+	return &index{exact: make(map[string]*group)}
+}
+
+// groupFor returns the group for opts, creating it if there is none.
+func (x *index) groupFor(opts watchOpts) *group {
+	if opts.single() {
+		first := x.exact[opts.key]
+		for g := first; g != nil; g = g.variant {
+			if g.opts == opts {
+				return g
+			}
+		}
+		g := &group{opts: opts, variant: first}
+		x.exact[opts.key] = g
+		return g
+	}
+	for _, g := range x.ranges {
+		if g.opts == opts {
+			return g
+		}
+	}
+	g := &group{opts: opts}
+	x.ranges = append(x.ranges, g)
+	return g
 }
 
 func (x *index) add(w *watcher) {
-	g := x.groups[w.watchOpts]
-	if g == nil {
-		g = &group{opts: w.watchOpts, watchers: make(map[*watcher]struct{})}
-		x.groups[w.watchOpts] = g
-		if g.opts.single() {
-			x.exact[g.opts.key] = append(x.exact[g.opts.key], g)
-		} else {
-			x.ranges = append(x.ranges, g)
-		}
-	}
-	g.watchers[w] = struct{}{}
-	w.group = g
+	g := x.groupFor(w.watchOpts)
+	w.group, w.slot = g, len(g.watchers)
+	g.watchers = append(g.watchers, w)
 	x.size++
 }
 
@@ -46,20 +62,32 @@ func (x *index) remove(w *watcher) {
 	if g == nil {
 		return
 	}
+	last := g.watchers[len(g.watchers)-1]
+	g.watchers[w.slot], last.slot = last, w.slot
+	g.watchers[len(g.watchers)-1] = nil
+	g.watchers = g.watchers[:len(g.watchers)-1]
 	w.group = nil
-	delete(g.watchers, w)
 	x.size--
 	if len(g.watchers) > 0 {
 		return
 	}
-	delete(x.groups, g.opts)
-	if g.opts.single() {
-		x.exact[g.opts.key] = without(x.exact[g.opts.key], g)
-		if len(x.exact[g.opts.key]) == 0 {
-			delete(x.exact, g.opts.key)
-		}
-	} else {
+	if !g.opts.single() {
 		x.ranges = without(x.ranges, g)
+		return
+	}
+	first := x.exact[g.opts.key]
+	switch {
+	case first == g && g.variant == nil:
+		delete(x.exact, g.opts.key)
+	case first == g:
+		x.exact[g.opts.key] = g.variant
+	default:
+		for p := first; p != nil; p = p.variant {
+			if p.variant == g {
+				p.variant = g.variant
+				break
+			}
+		}
 	}
 }
 
@@ -85,7 +113,7 @@ func (x *index) each(r *revision, fn func(*group)) {
 		}
 	}
 	for _, ev := range r.events {
-		for _, g := range x.exact[string(ev.Kv.Key)] {
+		for g := x.exact[string(ev.Kv.Key)]; g != nil; g = g.variant {
 			visit(g)
 		}
 	}
@@ -102,4 +130,20 @@ func (x *index) each(r *revision, fn func(*group)) {
 		found[i] = nil
 	}
 	x.found = found[:0]
+}
+
+// all calls fn for every synced watcher. fn may remove watchers from the index.
+func (x *index) all(fn func(*watcher)) {
+	var ws []*watcher
+	for _, first := range x.exact {
+		for g := first; g != nil; g = g.variant {
+			ws = append(ws, g.watchers...)
+		}
+	}
+	for _, g := range x.ranges {
+		ws = append(ws, g.watchers...)
+	}
+	for _, w := range ws {
+		fn(w)
+	}
 }

@@ -83,8 +83,10 @@ type watcher struct {
 	// next is the next revision to deliver while catching up. It belongs to the catch-up
 	// goroutine, which is started (under hub.mu) after it is set.
 	next int64
-	// group is the index group of a synced watcher, nil while it catches up. Guarded by hub.mu.
+	// group is the index group of a synced watcher, nil while it catches up, and slot its
+	// place in the group. Guarded by hub.mu.
 	group *group
+	slot  int
 
 	closed atomic.Bool
 	done   chan struct{} // closed by cancel
