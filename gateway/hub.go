@@ -48,7 +48,8 @@ func (r *revision) wireWithoutPrevKV() [][]byte {
 				panic(fmt.Sprintf("gateway: re-encoding a decoded event: %v", err)) // cannot fail
 			}
 			f := protowire.AppendTag(nil, eventsFieldNumber, protowire.BytesType)
-			r.noPrev[i] = protowire.AppendBytes(f, b)
+			f = protowire.AppendBytes(f, b)
+			r.noPrev[i] = f[:len(f):len(f)] // shared: an append must copy, never write in place
 		}
 	})
 	return r.noPrev

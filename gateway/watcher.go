@@ -47,17 +47,29 @@ func (o *watchOpts) selects(r *revision, i int) bool {
 }
 
 // appendWire appends the wire encoding of r's events selected by o to dst and returns it with
-// the number of events appended.
+// the number of events appended. With an empty dst and one event selected (the common case) it
+// returns that event's shared bytes without copying; they are full to capacity, so appending
+// to them copies.
 func (o *watchOpts) appendWire(dst []byte, r *revision) ([]byte, int) {
 	wire := r.wire
 	if !o.prevKV {
 		wire = r.wireWithoutPrevKV()
 	}
-	n := 0
+	n, one := 0, -1
+	for i := range r.events {
+		if o.selects(r, i) {
+			n, one = n+1, i
+		}
+	}
+	switch {
+	case n == 0:
+		return dst, 0
+	case n == 1 && len(dst) == 0:
+		return wire[one], 1
+	}
 	for i := range r.events {
 		if o.selects(r, i) {
 			dst = append(dst, wire[i]...)
-			n++
 		}
 	}
 	return dst, n
