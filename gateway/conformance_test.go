@@ -126,7 +126,9 @@ func TestConformance(t *testing.T) {
 		return txn([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", 0)},
 			[]clientv3.Op{clientv3.OpPut(k, "created")}, []clientv3.Op{clientv3.OpGet(k)})
 	}
-	k8sUpdate := func(k string) func(context.Context, *testing.T, *clientv3.Client) {
+	// k8sGuarded applies op to k if k is still at the revision just read, as Kubernetes' update
+	// and delete do.
+	k8sGuarded := func(k string, op clientv3.Op) func(context.Context, *testing.T, *clientv3.Client) {
 		return func(ctx context.Context, t *testing.T, c *clientv3.Client) {
 			t.Helper()
 			cur, err := c.Get(ctx, k)
@@ -134,19 +136,14 @@ func TestConformance(t *testing.T) {
 				t.Fatalf("get %s: %v %v", k, cur, err)
 			}
 			txn([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", cur.Kvs[0].ModRevision)},
-				[]clientv3.Op{clientv3.OpPut(k, "updated")}, []clientv3.Op{clientv3.OpGet(k)})(ctx, t, c)
+				[]clientv3.Op{op}, []clientv3.Op{clientv3.OpGet(k)})(ctx, t, c)
 		}
 	}
+	k8sUpdate := func(k string) func(context.Context, *testing.T, *clientv3.Client) {
+		return k8sGuarded(k, clientv3.OpPut(k, "updated"))
+	}
 	k8sDelete := func(k string) func(context.Context, *testing.T, *clientv3.Client) {
-		return func(ctx context.Context, t *testing.T, c *clientv3.Client) {
-			t.Helper()
-			cur, err := c.Get(ctx, k)
-			if err != nil || len(cur.Kvs) != 1 {
-				t.Fatalf("get %s: %v %v", k, cur, err)
-			}
-			txn([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", cur.Kvs[0].ModRevision)},
-				[]clientv3.Op{clientv3.OpDelete(k)}, []clientv3.Op{clientv3.OpGet(k)})(ctx, t, c)
-		}
+		return k8sGuarded(k, clientv3.OpDelete(k))
 	}
 	k8sStaleUpdate := func(k string) func(context.Context, *testing.T, *clientv3.Client) {
 		return txn([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", 1)},
