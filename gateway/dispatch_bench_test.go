@@ -7,6 +7,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/watchgate/watchgate/eventlog"
 )
@@ -27,18 +28,35 @@ import (
 // The idle=N cases add N watchers on other keys, which the revision does not concern: with the
 // watchers indexed by key, dispatch should cost what it costs without them.
 func BenchmarkDispatch(b *testing.B) {
-	for _, c := range []struct{ n, idle int }{{1, 0}, {100, 0}, {1000, 0}, {10000, 0}, {100, 99900}} {
+	for _, c := range []struct {
+		n, idle int
+		prefix  bool
+	}{{1, 0, false}, {100, 0, false}, {1000, 0, false}, {10000, 0, false}, {100, 99900, false}, {100, 99900, true}} {
 		name := fmt.Sprintf("watchers=%d", c.n)
 		if c.idle > 0 {
 			name += fmt.Sprintf("/idle=%d", c.idle)
 		}
+		if c.prefix {
+			name += "/prefixes"
+		}
 		b.Run(name, func(b *testing.B) {
-			benchmarkDispatch(b, c.n, c.idle)
+			benchmarkDispatch(b, c.n, c.idle, c.prefix)
 		})
 	}
 }
 
-func benchmarkDispatch(b *testing.B, n, idle int) {
+// benchmarkDispatch: n watchers on the revision's key (or, with prefix, on a prefix of it) and
+// idle watchers on other keys (other prefixes).
+func benchmarkDispatch(b *testing.B, n, idle int, prefix bool) {
+	// watchOn is the create request of a watcher of key k (or of prefix k/).
+	watchOn := func(k string) (*pb.WatchCreateRequest, []byte, []byte) {
+		if prefix {
+			p := k[:len(k)-1]
+			end := []byte(clientv3.GetPrefixRangeEnd(p))
+			return &pb.WatchCreateRequest{Key: []byte(p), RangeEnd: end, PrevKv: true}, []byte(p), end
+		}
+		return &pb.WatchCreateRequest{Key: []byte(k), PrevKv: true}, []byte(k), nil
+	}
 	// Keep at most about 64k responses queued between drains, and never more per stream than
 	// the production default of 256, so setup and memory stay small at every N.
 	queue := min(max(1<<16/n, 1), 256)
@@ -51,7 +69,8 @@ func benchmarkDispatch(b *testing.B, n, idle int) {
 	streams := make([]*watchStream, n)
 	for i := range streams {
 		st := s.bareStream(ctx, queue)
-		w := newWatcher(st, 0, &pb.WatchCreateRequest{Key: []byte(key), PrevKv: true}, []byte(key), nil)
+		cr, k, end := watchOn(key)
+		w := newWatcher(st, 0, cr, k, end)
 		st.watchers[w.id] = w
 		if _, err := s.hub.add(w, 1); err != nil {
 			b.Fatal(err)
@@ -61,8 +80,8 @@ func benchmarkDispatch(b *testing.B, n, idle int) {
 	// The idle watchers share one stream: nothing is ever sent to it.
 	idleStream := s.bareStream(ctx, 0)
 	for i := range idle {
-		k := fmt.Sprintf("/registry/configmaps/idle/%08d", i)
-		w := newWatcher(idleStream, int64(i), &pb.WatchCreateRequest{Key: []byte(k), PrevKv: true}, []byte(k), nil)
+		cr, k, end := watchOn(fmt.Sprintf("/registry/configmaps/idle/%08d/x", i))
+		w := newWatcher(idleStream, int64(i), cr, k, end)
 		if _, err := s.hub.add(w, 1); err != nil {
 			b.Fatal(err)
 		}
