@@ -19,7 +19,6 @@ type Report struct {
 	Machine  Machine        `json:"machine"`
 	Columns  []Column       `json:"columns"`
 	Rows     []Row          `json:"rows"`
-	Notes    []string       `json:"notes,omitempty"`
 }
 
 // Machine describes where the run happened.
@@ -114,9 +113,6 @@ func (r *Report) WriteTable(w io.Writer) error {
 		if row.Error != "" {
 			fmt.Fprintf(w, "\n%s %s: %s", row.Target, row.Status, row.Error)
 		}
-	}
-	for _, n := range r.Notes {
-		fmt.Fprintf(w, "\nnote: %s", n)
 	}
 	_, err := fmt.Fprintln(w)
 	return err

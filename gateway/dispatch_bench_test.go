@@ -108,7 +108,7 @@ func benchmarkDispatch(b *testing.B, n, idle int, prefix bool) {
 				if got.events != 1 {
 					b.Fatalf("response with %d events, want 1", got.events)
 				}
-				st.budget.Release(st.share(got)) // as the send loop does once it has sent it
+				st.unreserve(got.bytes) // as the send loop does once it has sent it
 				delivered++
 			}
 		}

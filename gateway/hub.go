@@ -183,13 +183,16 @@ func (h *hub) apply(e eventlog.Entry) {
 	if h.synced.size == 0 {
 		return
 	}
-	hdr := h.header(r.rev)
+	var hdr *pb.ResponseHeader // built once, for the first response, and shared
 	h.synced.each(r, func(g *group) {
 		// The group's events are encoded once; each watcher's response adds only its header
 		// and id.
 		wire, n := g.opts.appendWire(nil, r)
 		if n == 0 {
 			return
+		}
+		if hdr == nil {
+			hdr = h.header(r.rev)
 		}
 		// Walk backwards: a watcher that lags is removed by swapping the last one into its
 		// slot, which has then been visited already.

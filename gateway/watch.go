@@ -126,9 +126,9 @@ type outMsg struct {
 	bytes  int
 }
 
-// share is the part of the stream's byte budget m takes: its size, but never more than the
-// whole budget, so that one large response can still go through an otherwise empty stream.
-func (st *watchStream) share(m outMsg) int64 { return min(int64(m.bytes), st.capacity) }
+// share is the part of the stream's byte budget a response of n bytes takes: n, but never more
+// than the whole budget, so that one large response can still go through an empty stream.
+func (st *watchStream) share(n int) int64 { return min(int64(n), st.capacity) }
 
 func (st *watchStream) sendLoop() error {
 	tick := time.NewTimer(progressInterval(st.s.o.WatchProgressNotifyInterval))
@@ -137,21 +137,23 @@ func (st *watchStream) sendLoop() error {
 		select {
 		case m := <-st.out:
 			if m.w != nil && m.w.canceled() {
-				st.budget.Release(st.share(m))
+				st.unreserve(m.bytes)
 				continue
 			}
 			err := st.sendResponse(m)
-			st.budget.Release(st.share(m))
+			st.unreserve(m.bytes)
 			if err != nil {
 				return err
 			}
 			if m.events > 0 {
 				st.s.m.eventsOut.Add(st.ctx, int64(m.events))
-				st.mu.Lock()
-				if st.progress[m.w.id] {
-					st.progress[m.w.id] = false // an event response stands for the next notification
+				if m.w.progressNotify {
+					st.mu.Lock()
+					if st.progress[m.w.id] {
+						st.progress[m.w.id] = false // an event response stands for the next notification
+					}
+					st.mu.Unlock()
 				}
-				st.mu.Unlock()
 			}
 		case <-tick.C:
 			st.notifyProgress()
@@ -234,14 +236,14 @@ func (st *watchStream) recvLoop() error {
 // trySend queues an event response without blocking; false means the stream is full, in
 // responses or in bytes.
 func (st *watchStream) trySend(m outMsg) bool {
-	if !st.budget.TryAcquire(st.share(m)) {
+	if !st.tryReserve(m.bytes) {
 		return false
 	}
 	select {
 	case st.out <- m:
 		return true
 	default:
-		st.budget.Release(st.share(m))
+		st.unreserve(m.bytes)
 		return false
 	}
 }
@@ -258,11 +260,23 @@ func (st *watchStream) send(w *watcher, m outMsg) bool {
 // reserve takes n bytes of the stream's budget (see share), blocking until they are free; it
 // returns false if the stream ended first.
 func (st *watchStream) reserve(n int) bool {
-	return st.budget.Acquire(st.ctx, st.share(outMsg{bytes: n})) == nil
+	if n == 0 {
+		return st.ctx.Err() == nil // control responses take no bytes and never queue behind events
+	}
+	return st.budget.Acquire(st.ctx, st.share(n)) == nil
+}
+
+// tryReserve is reserve without waiting.
+func (st *watchStream) tryReserve(n int) bool {
+	return n == 0 || st.budget.TryAcquire(st.share(n))
 }
 
 // unreserve gives back what reserve took.
-func (st *watchStream) unreserve(n int) { st.budget.Release(st.share(outMsg{bytes: n})) }
+func (st *watchStream) unreserve(n int) {
+	if n > 0 {
+		st.budget.Release(st.share(n))
+	}
+}
 
 // enqueue queues m, whose bytes are already reserved, blocking while the queue is full. The
 // reservation goes with m, or is given back if w or the stream ends first.

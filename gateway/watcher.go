@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"sync/atomic"
 
@@ -28,9 +27,9 @@ func (o *watchOpts) matches(key []byte) bool {
 	case o.end == "":
 		return string(key) == o.key
 	case o.end == fromKeyEnd:
-		return bytes.Compare(key, []byte(o.key)) >= 0
+		return string(key) >= o.key // compared in place: no conversion is allocated
 	default:
-		return bytes.Compare(key, []byte(o.key)) >= 0 && bytes.Compare(key, []byte(o.end)) < 0
+		return string(key) >= o.key && string(key) < o.end
 	}
 }
 
@@ -86,6 +85,8 @@ type watcher struct {
 	startRev int64
 	// fragment: the client asked for large responses to be split (WatchCreateRequest.fragment).
 	fragment bool
+	// progressNotify: the client asked for progress notifications (so the stream tracks them).
+	progressNotify bool
 	// noPrevAt is a revision whose events this watcher gets without prev_kv: the member's
 	// compact revision, when the watcher starts there (etcd can no longer read the previous
 	// values). Set before the watcher is registered.
@@ -105,7 +106,7 @@ type watcher struct {
 }
 
 func newWatcher(ws *watchStream, id int64, cr *pb.WatchCreateRequest, key, end []byte) *watcher {
-	w := &watcher{id: id, stream: ws, ctx: ws.ctx, done: make(chan struct{}), startRev: cr.StartRevision, fragment: cr.Fragment,
+	w := &watcher{id: id, stream: ws, ctx: ws.ctx, done: make(chan struct{}), startRev: cr.StartRevision, fragment: cr.Fragment, progressNotify: cr.ProgressNotify,
 		watchOpts: watchOpts{key: string(key), prevKV: cr.PrevKv}}
 	switch {
 	case end == nil:
