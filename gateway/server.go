@@ -65,6 +65,22 @@ type Options struct {
 	// after three election timeouts without a leader. Default 1 s (etcd's default election
 	// timeout).
 	LeaderCheckInterval time.Duration
+	// CachePrefixes are the key prefixes the keyspace cache holds: a Range within one of them
+	// is answered from the cache, any other passes through to the member. Default: every key.
+	CachePrefixes []string
+	// CacheMaxBytes bounds the keyspace cache's memory (keys, values and their bookkeeping). A
+	// replica whose prefixes do not fit fails at startup; a keyspace that outgrows the bound
+	// later is dropped and reads pass through until it fits again. Default 2 GiB; negative
+	// disables the cache, and every read passes through.
+	CacheMaxBytes int64
+	// CacheWait bounds how long a linearizable read waits for the cache to reach etcd's
+	// current revision before it is passed through to the member instead. Default 3 s.
+	CacheWait time.Duration
+	// ResponseCacheBytes bounds the encoded range responses kept for reuse by identical
+	// requests. Default 64 MiB; negative disables the response cache.
+	ResponseCacheBytes int64
+	// Protection limits what one client may ask of the replica. Default: no limits.
+	Protection Protection
 	// RetryDelay is the pause before resuming after an event log error. Default 500 ms.
 	RetryDelay time.Duration
 	// Logger receives warnings and errors. Default: discard.
@@ -104,6 +120,18 @@ func (o *Options) setDefaults() error {
 	if o.LeaderCheckInterval <= 0 {
 		o.LeaderCheckInterval = time.Second
 	}
+	if o.CacheMaxBytes == 0 {
+		o.CacheMaxBytes = 2 << 30
+	}
+	if o.CacheWait <= 0 {
+		o.CacheWait = 3 * time.Second
+	}
+	if o.ResponseCacheBytes == 0 {
+		o.ResponseCacheBytes = 64 << 20
+	}
+	if err := o.Protection.validate(); err != nil {
+		return err
+	}
 	if o.RetryDelay <= 0 {
 		o.RetryDelay = 500 * time.Millisecond
 	}
@@ -135,6 +163,8 @@ type Server struct {
 	streams, watchers atomic.Int64 // open watch streams and watchers, for the limits
 
 	probes compactionProbes // questions to the member about its compaction
+
+	reads readCounters
 }
 
 // New checks o and builds a replica. It does no I/O.
@@ -167,11 +197,11 @@ func (s *Server) Register(g *grpc.Server) {
 // NewGRPCServer returns a grpc.Server with etcd's message size limits and the replica's
 // services registered.
 func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
-	opts = append([]grpc.ServerOption{
+	opts = append(append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.o.MaxRequestBytes + grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(math.MaxUint32),
-	}, opts...)
+	}, s.protection()...), opts...)
 	g := grpc.NewServer(opts...)
 	s.Register(g)
 	return g
