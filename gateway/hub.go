@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -87,10 +88,19 @@ type hub struct {
 	ring     *cache.History[*revision]
 	synced   *index
 	watchers int // every registered watcher, synced or catching up
+
+	// The keyspace cache: nil while it is (re)built or disabled. Stored under mu.
+	keys      atomic.Pointer[cache.Keyspace]
+	responses *cache.Responses // nil if disabled
+	rebuild   chan struct{}    // asks keepKeyspace for a new keyspace
+	loaded    atomic.Bool      // a keyspace has been installed once
+	// Guarded by mu.
+	waiters  []appliedWaiter // reads waiting for the keyspace to reach a revision
+	noPrevKV int64           // the last revision with an event that cannot be rolled back
 }
 
 func newHub(o Options, m *metrics, header func(int64) *pb.ResponseHeader) *hub {
-	return &hub{
+	h := &hub{
 		logger:  o.Logger,
 		m:       m,
 		header:  header,
@@ -98,7 +108,12 @@ func newHub(o Options, m *metrics, header func(int64) *pb.ResponseHeader) *hub {
 		started: make(chan struct{}),
 		ring:    cache.NewHistory[*revision](o.HistoryRevisions, o.HistoryBytes),
 		synced:  newIndex(),
+		rebuild: make(chan struct{}, 1),
 	}
+	if o.CacheMaxBytes > 0 && o.ResponseCacheBytes > 0 {
+		h.responses = cache.NewResponses(o.ResponseCacheBytes, 0)
+	}
+	return h
 }
 
 // run consumes the log until ctx ends, resuming after errors.
@@ -163,6 +178,8 @@ func (h *hub) apply(e eventlog.Entry) {
 			"revision", e.Rev, "err", e.Err)
 		h.compactLocked(e.Rev)
 		h.applied = e.Rev
+		h.applyKeys(e.Rev, nil)
+		h.wakeLocked()
 		return
 	case e.Missing != 0:
 		h.logger.Warn("the event log no longer holds some revisions; watchers needing them are compacted",
@@ -176,6 +193,8 @@ func (h *hub) apply(e eventlog.Entry) {
 		_ = h.ring.Append(r.rev, r, 2*int64(e.Size)) // cannot fail on an empty ring
 	}
 	h.applied = r.rev
+	h.applyKeys(r.rev, r)
+	h.wakeLocked()
 	h.m.revisions.Add(context.Background(), 1)
 	if !h.ready && h.applied >= h.readyAt {
 		h.ready = true

@@ -1,6 +1,7 @@
-// kv.go forwards the etcd KV service (Range, Put, DeleteRange, Txn, Compact) to the member
-// cluster unchanged, and holds the helpers every pass-through service shares: how the caller's
-// metadata and deadline reach the member, and which call options upstream calls use.
+// kv.go serves the etcd KV service (Range, Put, DeleteRange, Txn, Compact): writes, and the reads
+// the cache cannot answer, go to the member cluster unchanged. It also holds the helpers every
+// pass-through service shares: how the caller's metadata and deadline reach the member, and
+// which call options upstream calls use.
 
 package gateway
 
@@ -16,15 +17,15 @@ import (
 	"google.golang.org/grpc/metadata"
 )
 
-// kvServer serves the etcd KV service by forwarding every request, unchanged, to the member
-// cluster over one shared connection.
+// kvServer serves the etcd KV service: a Range the replica's cache can answer is answered
+// there (see reads.go); every other request is forwarded, unchanged, to the member cluster over
+// one shared connection.
 //
 // Guarantees: the member's response is returned as is (header included), and the member's error
 // is returned as is, so clients see etcd's own gRPC codes and messages (ErrGRPCCompacted,
 // ErrGRPCFutureRev, "etcdserver: request is too large", ...). The caller's metadata (the
 // "hasleader" require-leader flag, the auth "token") and deadline travel with the upstream call,
-// and a caller that goes away cancels it. kvServer holds no state of its own and is safe for
-// concurrent use.
+// and a caller that goes away cancels it. kvServer is safe for concurrent use.
 // RangeStream (etcd 3.7) is forwarded chunk by chunk.
 type kvServer struct {
 	pb.UnimplementedKVServer
@@ -33,6 +34,10 @@ type kvServer struct {
 	kv pb.KVClient
 	// compacted, if set, is told of every compaction that passed through.
 	compacted func()
+	// cached, if set, answers the ranges it can (handled true) from the replica's cache.
+	cached func(ctx context.Context, r *pb.RangeRequest) (resp *pb.RangeResponse, handled bool, err error)
+	// passed, if set, counts the ranges passed through.
+	passed func()
 }
 
 // newKVServer returns a kvServer forwarding to the member behind conn, typically
@@ -42,8 +47,16 @@ func newKVServer(conn *grpc.ClientConn) *kvServer {
 	return &kvServer{kv: pb.NewKVClient(conn)}
 }
 
-// Range forwards a range request.
+// Range answers a range request from the replica's cache if it can, else forwards it.
 func (s *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	if s.cached != nil {
+		if resp, handled, err := s.cached(ctx, r); handled {
+			return resp, err
+		}
+	}
+	if s.passed != nil {
+		s.passed()
+	}
 	return s.kv.Range(passthroughContext(ctx), r, passthroughCallOptions()...)
 }
 

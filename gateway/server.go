@@ -14,8 +14,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
+	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc"
 
+	"github.com/watchgate/watchgate/cache"
 	"github.com/watchgate/watchgate/eventlog"
 )
 
@@ -164,7 +166,14 @@ type Server struct {
 
 	probes compactionProbes // questions to the member about its compaction
 
-	reads readCounters
+	probe  revisionProbe      // linearizable reads of etcd's revision, shared
+	flight singleflight.Group // identical range requests computed once
+	reads  readCounters
+	// authFree is when (Unix ns) the member last answered a read without credentials: auth
+	// was off. Reads are served from the cache only while this is recent.
+	authFree atomic.Int64
+	// authOn is whether the member's auth was on when a probe last told.
+	authOn atomic.Bool
 }
 
 // New checks o and builds a replica. It does no I/O.
@@ -179,6 +188,9 @@ func New(o Options) (*Server, error) {
 	s := &Server{o: o, m: m}
 	s.hdr.Store(&pb.ResponseHeader{})
 	s.hub = newHub(o, m, s.header)
+	if err := s.observeCache(o.Meter); err != nil {
+		return nil, fmt.Errorf("gateway: metrics: %w", err)
+	}
 	return s, nil
 }
 
@@ -187,6 +199,11 @@ func (s *Server) Register(g *grpc.Server) {
 	conn := s.o.Member.ActiveConnection()
 	kv := newKVServer(conn)
 	kv.compacted = s.probes.forget
+	kv.cached = s.rangeCached
+	kv.passed = func() {
+		s.reads.passed.Add(1)
+		s.m.reads.Add(context.Background(), 1, answerPassthrough)
+	}
 	pb.RegisterKVServer(g, kv)
 	pb.RegisterWatchServer(g, &watchServer{s: s})
 	pb.RegisterLeaseServer(g, newLeaseServer(conn))
@@ -225,14 +242,26 @@ func (s *Server) Run(ctx context.Context) error {
 	if _, err := s.currentRevision(ctx); err != nil {
 		s.o.Logger.Warn("member not reachable yet", "err", err)
 	}
+	if s.o.CacheMaxBytes > 0 {
+		err := s.buildKeyspace(ctx)
+		if errors.Is(err, cache.ErrTooBig) {
+			return fmt.Errorf("gateway: the cached prefixes do not fit in the keyspace cache; raise CacheMaxBytes, narrow CachePrefixes or disable the cache: %w", err)
+		}
+		if err != nil {
+			s.o.Logger.Warn("keyspace cache not loaded yet; reads pass through to the member", "err", err)
+			s.hub.rebuild <- struct{}{}
+		}
+		go s.keepKeyspace(ctx)
+	}
 	go s.monitorLeader(ctx, s.o.LeaderCheckInterval)
 	return s.hub.run(ctx, log)
 }
 
-// Ready reports whether the replica has caught up with the event log as it stood at startup.
+// Ready reports whether the replica has caught up with the event log as it stood at startup
+// and, unless it is disabled, loaded its keyspace cache once.
 func (s *Server) Ready() bool {
 	_, ready := s.hub.status()
-	return ready
+	return ready && (s.o.CacheMaxBytes <= 0 || s.hub.loaded.Load())
 }
 
 // Applied is the last revision the replica has applied from the event log.
@@ -245,14 +274,4 @@ func (s *Server) Applied() int64 {
 func (s *Server) header(rev int64) *pb.ResponseHeader {
 	t := s.hdr.Load()
 	return &pb.ResponseHeader{ClusterId: t.ClusterId, MemberId: t.MemberId, RaftTerm: t.RaftTerm, Revision: rev}
-}
-
-// currentRevision reads etcd's current revision linearizably.
-func (s *Server) currentRevision(ctx context.Context) (int64, error) {
-	r, err := s.o.Member.Get(ctx, "\x00", clientv3.WithCountOnly())
-	if err != nil {
-		return 0, err
-	}
-	s.hdr.Store(r.Header)
-	return r.Header.Revision, nil
 }

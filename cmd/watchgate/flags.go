@@ -129,6 +129,11 @@ type gatewayFlags struct {
 	maxWatchers      int
 	maxPerStream     int
 	maxRequestBytes  int
+	cachePrefixes    string
+	cacheMaxBytes    int64
+	cacheWait        time.Duration
+	responseBytes    int64
+	protect          protectionFlags
 }
 
 func (f *gatewayFlags) register(fs *flag.FlagSet) {
@@ -142,12 +147,17 @@ func (f *gatewayFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.maxWatchers, "max-watchers", 0, "most watchers on this replica; 0 for no limit")
 	fs.IntVar(&f.maxPerStream, "max-watchers-per-stream", 0, "most watchers on one watch stream; 0 for no limit")
 	fs.IntVar(&f.maxRequestBytes, "max-request-bytes", 3<<19, "largest client request in `bytes`, as etcd's --max-request-bytes")
+	fs.StringVar(&f.cachePrefixes, "cache-prefixes", "", "comma-separated key `prefixes` the keyspace cache holds and serves reads of (default every key)")
+	fs.Int64Var(&f.cacheMaxBytes, "cache-max-bytes", 2<<30, "memory `bytes` the keyspace cache may take; a replica whose prefixes do not fit fails at startup; negative disables the cache")
+	fs.DurationVar(&f.cacheWait, "cache-wait", 3*time.Second, "how long a linearizable read waits for the cache to reach etcd's revision before it is passed to etcd")
+	fs.Int64Var(&f.responseBytes, "response-cache-bytes", 64<<20, "encoded range response `bytes` kept for identical requests; negative disables")
+	f.protect.register(fs)
 }
 
 // options returns the gateway options the flags set; the caller fills in connections, logger
 // and meter.
 func (f *gatewayFlags) options() gateway.Options {
-	return gateway.Options{
+	o := gateway.Options{
 		AdvertiseClientURL:          f.advertise,
 		HistoryRevisions:            f.historyRevisions,
 		HistoryBytes:                f.historyBytes,
@@ -158,7 +168,13 @@ func (f *gatewayFlags) options() gateway.Options {
 		MaxWatchers:                 f.maxWatchers,
 		MaxWatchersPerStream:        f.maxPerStream,
 		MaxRequestBytes:             f.maxRequestBytes,
+		CachePrefixes:               splitList(f.cachePrefixes),
+		CacheMaxBytes:               f.cacheMaxBytes,
+		CacheWait:                   f.cacheWait,
+		ResponseCacheBytes:          f.responseBytes,
 	}
+	f.protect.apply(&o)
+	return o
 }
 
 // upstreamFlags locate the etcd cluster and NATS servers that ingest and gateway connect to.
@@ -172,12 +188,4 @@ func (f *upstreamFlags) register(fs *flag.FlagSet) {
 }
 
 // endpoints splits --etcd-endpoints, dropping blanks.
-func (f *upstreamFlags) endpoints() []string {
-	var eps []string
-	for ep := range strings.SplitSeq(f.etcdEndpoints, ",") {
-		if ep = strings.TrimSpace(ep); ep != "" {
-			eps = append(eps, ep)
-		}
-	}
-	return eps
-}
+func (f *upstreamFlags) endpoints() []string { return splitList(f.etcdEndpoints) }

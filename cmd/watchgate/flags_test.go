@@ -127,6 +127,8 @@ func TestCommandFlags(t *testing.T) {
 		"history-revisions": "10000", "history-bytes": "67108864", "watch-send-buffer": "256", "watch-send-bytes": "1048576", "watch-progress-notify-interval": "10m0s",
 		"max-watch-streams": "0", "max-watchers": "0", "max-watchers-per-stream": "0",
 		"max-request-bytes": "1572864", "advertise-client-url": "",
+		"cache-prefixes": "", "cache-max-bytes": "2147483648", "cache-wait": "3s", "response-cache-bytes": "67108864",
+		"rate-limit": "0", "rate-limit-burst": "0", "max-concurrent-expensive": "0", "max-range-response-bytes": "0",
 	}
 	upstream := map[string]string{"etcd-endpoints": "http://127.0.0.1:2379", "nats-url": "nats://127.0.0.1:4222"}
 	want := map[string][]map[string]string{

@@ -74,6 +74,7 @@ type Stack struct {
 	grpc   *grpc.Server
 	http   *http.Server
 	cancel context.CancelFunc
+	failed chan error // the gateway's Run error, if it stopped with one
 	wg     sync.WaitGroup
 	closed sync.Once
 }
@@ -169,7 +170,12 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	st.cancel = cancel
 	st.wg.Go(func() { _ = st.Ingest.Run(runCtx) })
-	st.wg.Go(func() { _ = st.Gateway.Run(runCtx) })
+	st.failed = make(chan error, 1)
+	st.wg.Go(func() {
+		if err := st.Gateway.Run(runCtx); err != nil {
+			st.failed <- err
+		}
+	})
 	st.grpc = st.Gateway.NewGRPCServer()
 	st.wg.Go(func() { _ = st.grpc.Serve(lis) })
 
@@ -185,12 +191,16 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	return st, nil
 }
 
-// WaitReady blocks until the gateway has caught up with the event log, or ctx ends.
+// WaitReady blocks until the gateway has caught up with the event log and loaded its cache,
+// or has failed, or ctx ends.
 func (st *Stack) WaitReady(ctx context.Context) error {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for !st.Gateway.Ready() {
 		select {
+		case err := <-st.failed:
+			st.failed <- err
+			return err
 		case <-ctx.Done():
 			return fmt.Errorf("stack: gateway not ready: %w", ctx.Err())
 		case <-t.C:

@@ -1,0 +1,249 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/watchgate/watchgate/cache"
+)
+
+// The keyspace cache is a snapshot of the member read at one revision R, then moved forward by
+// every revision the hub applies after R, so it always reflects one revision of etcd: never a
+// torn transaction. It is built at startup (a replica whose prefixes outgrow CacheMaxBytes
+// fails there, rather than later by running out of memory) and rebuilt whenever it cannot
+// follow the log: the log lost revisions, a message could not be decoded, or the keyspace
+// outgrew its bound. While it is being rebuilt, reads pass through to the member.
+
+// loadPage is how many keys one read of the snapshot asks the member for.
+const loadPage = 1000
+
+// loadKeyspace reads the cached prefixes from the member into a new keyspace: the first page
+// linearizably, which fixes the revision R, then every other page at R.
+func (s *Server) loadKeyspace(ctx context.Context) (*cache.Keyspace, error) {
+	ks := cache.NewKeyspace(s.o.CachePrefixes, s.o.CacheMaxBytes)
+	prefixes := s.o.CachePrefixes
+	if len(prefixes) == 0 {
+		prefixes = []string{""}
+	}
+	var rev int64
+	for _, p := range prefixes {
+		key, end := p, clientv3.GetPrefixRangeEnd(p)
+		if p == "" {
+			key, end = "\x00", "\x00"
+		}
+		for {
+			opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(loadPage)}
+			if rev != 0 {
+				opts = append(opts, clientv3.WithRev(rev))
+			}
+			resp, err := s.o.Member.Get(ctx, key, opts...)
+			if err != nil {
+				return nil, fmt.Errorf("reading the keyspace from the member: %w", err)
+			}
+			if rev == 0 {
+				rev = resp.Header.Revision
+			}
+			if err := ks.Insert(rev, resp.Kvs); err != nil {
+				return nil, err
+			}
+			if !resp.More || len(resp.Kvs) == 0 {
+				break
+			}
+			key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		}
+	}
+	if rev == 0 {
+		return nil, errors.New("reading the keyspace from the member: no revision")
+	}
+	return ks, nil
+}
+
+// keepKeyspace rebuilds the keyspace whenever the hub drops it, until ctx ends.
+func (s *Server) keepKeyspace(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.hub.rebuild:
+		}
+		for ctx.Err() == nil {
+			err := s.buildKeyspace(ctx)
+			if err == nil {
+				break
+			}
+			delay := s.o.RetryDelay
+			if errors.Is(err, cache.ErrTooBig) {
+				delay = time.Minute // it will not fit until keys are deleted
+			}
+			s.o.Logger.Error("keyspace cache not rebuilt; reads pass through to the member", "err", err, "retry_in", delay)
+			select {
+			case <-ctx.Done():
+			case <-time.After(delay):
+			}
+		}
+	}
+}
+
+// buildKeyspace loads the keyspace and hands it to the hub.
+func (s *Server) buildKeyspace(ctx context.Context) error {
+	start := time.Now()
+	ks, err := s.loadKeyspace(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.hub.install(ks); err != nil {
+		return err
+	}
+	n, bytes := ks.Stats()
+	s.o.Logger.Info("keyspace cache loaded", "keys", n, "bytes", bytes, "revision", ks.Rev(), "took", time.Since(start))
+	return nil
+}
+
+// errBehindHistory is returned by install when the keyspace was read at a revision the
+// history ring no longer holds the revisions after.
+var errBehindHistory = errors.New("gateway: the keyspace snapshot is older than the history held")
+
+// install makes ks, read at a revision of its own, the hub's keyspace: it is first moved
+// forward through the history ring to the revision the hub has applied, if it is behind.
+func (h *hub) install(ks *cache.Keyspace) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for rev := ks.Rev() + 1; rev <= h.applied; rev++ {
+		r, ok := h.ring.Get(rev)
+		if !ok {
+			return fmt.Errorf("%w (revision %d)", errBehindHistory, rev)
+		}
+		if err := ks.Apply(rev, r.events); err != nil {
+			return err
+		}
+	}
+	h.keys.Store(ks)
+	h.loaded.Store(true)
+	if h.responses != nil {
+		h.responses.Reset(ks.Rev())
+	}
+	h.wakeLocked()
+	return nil
+}
+
+// applyKeys moves the keyspace to revision r (nil: revision rev could not be read from the
+// log). A keyspace that cannot follow is dropped and rebuilt.
+func (h *hub) applyKeys(rev int64, r *revision) {
+	if r != nil {
+		for _, ev := range r.events {
+			if ev.PrevKv == nil && cache.NeedsPrevKV(ev) {
+				// etcd had compacted the previous value before ingest read the event.
+				h.noPrevKV = rev
+			}
+		}
+	}
+	ks := h.keys.Load()
+	if ks == nil {
+		return
+	}
+	err := errors.New("a revision could not be read from the event log")
+	if r != nil {
+		if rev <= ks.Rev() {
+			return // the snapshot has it already
+		}
+		if err = ks.Apply(rev, r.events); err == nil {
+			if h.responses != nil {
+				h.responses.Invalidate(rev, r.events)
+			}
+			return
+		}
+	}
+	h.logger.Error("keyspace cache dropped; reads pass through to the member until it is rebuilt",
+		"revision", rev, "err", err)
+	h.keys.Store(nil)
+	h.m.cacheDrops.Add(context.Background(), 1)
+	select {
+	case h.rebuild <- struct{}{}:
+	default:
+	}
+}
+
+// appliedWaiter is a read waiting for the keyspace to reach rev.
+type appliedWaiter struct {
+	rev  int64
+	done chan struct{}
+}
+
+// wakeLocked releases the waiters the keyspace has reached (all of them if it was dropped).
+func (h *hub) wakeLocked() {
+	if len(h.waiters) == 0 {
+		return
+	}
+	ks := h.keys.Load()
+	kept := h.waiters[:0]
+	for _, w := range h.waiters {
+		if ks == nil || ks.Rev() >= w.rev {
+			close(w.done)
+			continue
+		}
+		kept = append(kept, w)
+	}
+	clear(h.waiters[len(kept):])
+	h.waiters = kept
+}
+
+// waitKeys waits up to bound for the keyspace to reach revision rev, and returns it if it
+// did (nil if not, or if there is no keyspace).
+func (h *hub) waitKeys(ctx context.Context, rev int64, bound time.Duration) *cache.Keyspace {
+	if ks := h.keys.Load(); ks == nil || ks.Rev() >= rev {
+		return ks
+	}
+	h.mu.Lock()
+	ks := h.keys.Load()
+	if ks == nil || ks.Rev() >= rev {
+		h.mu.Unlock()
+		return ks
+	}
+	w := appliedWaiter{rev: rev, done: make(chan struct{})}
+	h.waiters = append(h.waiters, w)
+	h.mu.Unlock()
+
+	t := time.NewTimer(bound)
+	defer t.Stop()
+	select {
+	case <-w.done:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	h.mu.Lock()
+	for i, o := range h.waiters {
+		if o.done == w.done {
+			h.waiters = append(h.waiters[:i], h.waiters[i+1:]...)
+			break
+		}
+	}
+	h.mu.Unlock()
+	if ks := h.keys.Load(); ks != nil && ks.Rev() >= rev {
+		return ks
+	}
+	return nil
+}
+
+// history returns a view of the keyspace and, oldest first, every event after revision at up
+// to the view's revision, if the history ring holds them all and they can be rolled back.
+func (h *hub) history(at int64) (cache.View, []*mvccpb.Event, bool) {
+	h.mu.Lock()
+	ks := h.keys.Load()
+	if ks == nil || ks.Rev() != h.applied || at < h.noPrevKV || h.ring.Len() == 0 || h.ring.Oldest() > at+1 {
+		h.mu.Unlock()
+		return cache.View{}, nil, false
+	}
+	v := ks.View()
+	revs := h.ring.From(nil, at+1, int(h.applied-at))
+	h.mu.Unlock()
+	var events []*mvccpb.Event
+	for _, r := range revs {
+		events = append(events, r.events...)
+	}
+	return v, events, true
+}
