@@ -9,6 +9,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc/metadata"
@@ -101,10 +102,14 @@ func (s *Server) rangeCached(ctx context.Context, r *pb.RangeRequest) (resp *pb.
 		if !r.Serializable {
 			return nil, false, nil // the cache reached the revision while waiting: unchecked
 		}
-		// A serializable read may be as stale as a member that has not applied a compaction
-		// yet: the shared compaction probe's recent answer will do.
-		if compact, _ := s.memberCompaction(ctx, r.Revision+1); compact != 0 {
+		// Ask the member, without consensus as the read itself: a count-only read of one key
+		// at the revision costs it an index lookup.
+		_, err := s.o.Member.Get(ctx, "\x00", clientv3.WithRev(r.Revision), clientv3.WithCountOnly(), clientv3.WithSerializable())
+		switch {
+		case errors.Is(err, rpctypes.ErrCompacted):
 			return nil, true, rpctypes.ErrGRPCCompacted
+		case err != nil:
+			return nil, false, nil
 		}
 	}
 
