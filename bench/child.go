@@ -50,6 +50,10 @@ const (
 	roleEtcd      = "etcd"      // a single-member embedded etcd
 	roleGRPCProxy = "grpcproxy" // etcd's gRPC proxy in front of Upstream
 	roleWatchgate = "watchgate" // NATS JetStream + ingest + gateway in front of Upstream
+	// roleGateway is one more gateway replica of a watchgate tier: in front of Upstream,
+	// following the event log at NATS. Unlike the other roles it serves only once it is ready
+	// (caught up with the log and, unless disabled, its keyspace cache loaded).
+	roleGateway = "gateway"
 )
 
 type childSpec struct {
@@ -57,6 +61,13 @@ type childSpec struct {
 	Dir      string
 	Upstream string // the etcd endpoint a proxy role fronts
 	Fsync    bool   // etcd fsyncs its WAL (off by default: disk noise is not what is measured)
+	NATS     string // the gateway role's event log: the watchgate tier's NATS URL
+	// CacheMaxBytes is the gateway role's gateway.Options.CacheMaxBytes (0: its default,
+	// negative: no keyspace cache).
+	CacheMaxBytes int64
+	// CPUProfile, if set, is a file that receives a CPU profile of the child from its start
+	// until it serves: what starting up cost.
+	CPUProfile string
 }
 
 // childReady is the one line of JSON a child prints on stdout when it serves.
@@ -98,6 +109,13 @@ func serveChild(spec childSpec, stdin io.Reader, stdout io.Writer) (err error) {
 		}
 	}()
 
+	stopProfile, err := startupProfile(spec.CPUProfile)
+	if err != nil {
+		return err
+	}
+	defer stopProfile() // if it fails before it serves
+
+	var gauges func(context.Context) map[string]int64
 	var closeServer func()
 	switch spec.Role {
 	case roleEtcd:
@@ -120,6 +138,8 @@ func serveChild(spec childSpec, stdin io.Reader, stdout io.Writer) (err error) {
 			ready.Endpoint, ready.NATS, closeServer = st.ClientURL, st.NATS.ClientURL(), st.Close
 			err = st.WaitReady(ctx)
 		}
+	case roleGateway:
+		ready.Endpoint, gauges, closeServer, err = startGateway(ctx, spec)
 	default:
 		err = fmt.Errorf("unknown role %q", spec.Role)
 	}
@@ -133,10 +153,11 @@ func serveChild(spec childSpec, stdin io.Reader, stdout io.Writer) (err error) {
 		return err
 	}
 	ready.Debug = "http://" + dl.Addr().String()
-	hs := &http.Server{Handler: debugMux(), ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: debugMux(gauges), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = hs.Serve(dl) }()
 	defer hs.Close()
 
+	stopProfile()
 	if err := json.NewEncoder(stdout).Encode(ready); err != nil {
 		return err
 	}
@@ -197,13 +218,34 @@ func startGRPCProxy(upstream string) (endpoint string, closeFn func(), err error
 	return endpoint, func() { srv.Stop(); client.Close() }, nil
 }
 
+// startupProfile starts a CPU profile into path, if it is set; stop ends it (at most once).
+func startupProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := rpprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return sync.OnceFunc(func() { rpprof.StopCPUProfile(); f.Close() }), nil
+}
+
 // heapFigures is what a child's /debug/heap reports, measured right after a full GC.
 type heapFigures struct {
 	HeapInuse  uint64 `json:"heap_inuse"`
 	Goroutines int    `json:"goroutines"`
+	// Gauges are the server's integer gauges (OpenTelemetry name → value, summed over
+	// attributes), for roles that report metrics: the gateway role's cache sizes, for one.
+	Gauges map[string]int64 `json:"gauges,omitempty"`
 }
 
-func debugMux() *http.ServeMux {
+// debugMux serves the child's profiles and heap figures; gauges, if set, adds the server's
+// gauges to the heap figures.
+func debugMux(gauges func(context.Context) map[string]int64) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -236,11 +278,15 @@ func debugMux() *http.ServeMux {
 		_, _ = w.Write(cpu.Bytes())
 		cpu = nil
 	})
-	mux.HandleFunc("/debug/heap", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("/debug/heap", func(w http.ResponseWriter, r *http.Request) {
 		runtime.GC()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		_ = json.NewEncoder(w).Encode(heapFigures{HeapInuse: ms.HeapInuse, Goroutines: runtime.NumGoroutine()})
+		h := heapFigures{HeapInuse: ms.HeapInuse, Goroutines: runtime.NumGoroutine()}
+		if gauges != nil {
+			h.Gauges = gauges(r.Context())
+		}
+		_ = json.NewEncoder(w).Encode(h)
 	})
 	return mux
 }

@@ -23,13 +23,19 @@ func TestMain(m *testing.M) {
 // runSmoke runs s on every target and checks that each row finished.
 func runSmoke(t *testing.T, s Scenario) *Report {
 	t.Helper()
+	return runSmokeOn(t, s, AllTargets)
+}
+
+// runSmokeOn runs s on the given targets and checks that each row finished.
+func runSmokeOn(t *testing.T, s Scenario, targets []string) *Report {
+	t.Helper()
 	ctx := testenv.Context(t, 5*time.Minute)
 	profiles := t.TempDir()
-	rep, err := Run(ctx, s, Config{Dir: t.TempDir(), StallTimeout: time.Minute, Progress: testWriter{t}, ProfileDir: profiles})
+	rep, err := Run(ctx, s, Config{Targets: targets, Dir: t.TempDir(), StallTimeout: time.Minute, Progress: testWriter{t}, ProfileDir: profiles})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, target := range AllTargets {
+	for _, target := range targets {
 		if m, _ := filepath.Glob(filepath.Join(profiles, s.Name()+"-"+target+"-*.pprof")); len(m) == 0 {
 			t.Errorf("no CPU profile of %s", target)
 		}
@@ -124,6 +130,27 @@ func TestRangeSmoke(t *testing.T) {
 func TestIngestSmoke(t *testing.T) {
 	rep := runSmoke(t, Ingest{Backlog: 200, Rate: 50, Duration: time.Second, ValueSize: 32})
 	wantPositive(t, rep, "backlog_rev_per_s", "lag_p50_ms", "lag_p99_ms", "puts_per_s")
+}
+
+func TestCacheLoadSmoke(t *testing.T) {
+	// More keys than one page of the replica's load (1,000), so that it reads several.
+	rep := runSmokeOn(t, CacheLoad{Keys: 2500, ValueSize: 32}, []string{TargetWatchgate})
+	wantValue(t, rep, "cached_keys", 2500)
+	wantValue(t, rep, "raw_per_key_b", float64(len(cacheLoadPrefix)+8+32))
+	wantPositive(t, rep, "ready_s", "ready_nocache_s", "heap_mib", "heap_nocache_mib", "estimate_per_key_b", "gateway_cpu_s")
+	for _, row := range rep.Rows {
+		if _, ok := row.Values["heap_per_key_b"]; !ok {
+			t.Errorf("%s: no heap figure", row.Target)
+		}
+	}
+	// The other targets have no cache: they are not measured.
+	rep, err := Run(testenv.Context(t, time.Minute), CacheLoad{Keys: 1, ValueSize: 1}, Config{Targets: []string{TargetEtcd}, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Rows) != 0 {
+		t.Errorf("on etcd: rows %+v, want none", rep.Rows)
+	}
 }
 
 // TestStalledTargetIsReported points watch-fanout at a gateway whose event log has gone away:

@@ -65,6 +65,21 @@ func (d *deployment) startTier(ctx context.Context) error {
 	return nil
 }
 
+// startReplica starts one more gateway replica of d's watchgate tier, in a process of its own
+// (named name, under d's directory): in front of the same etcd, following the same event log.
+// It returns once the replica is ready: caught up with the log and, unless cacheMaxBytes is
+// negative, its keyspace cache loaded. profile, if set, receives a CPU profile of the replica
+// from its start until then. The caller stops the replica.
+func (d *deployment) startReplica(ctx context.Context, name string, cacheMaxBytes int64, profile string) (*child, error) {
+	if d.name != TargetWatchgate || d.etcd == nil || d.tier == nil {
+		return nil, fmt.Errorf("%s: no watchgate tier started here to add a replica to", d.name)
+	}
+	return spawn(ctx, childSpec{
+		Role: roleGateway, Dir: filepath.Join(d.dir, name), Upstream: d.etcd.ready.Endpoint,
+		NATS: d.tier.ready.NATS, CacheMaxBytes: cacheMaxBytes, CPUProfile: profile,
+	})
+}
+
 // etcdEndpoint is where writes that must bypass the tier (data preparation) go.
 func (d *deployment) etcdEndpoint() string {
 	if d.etcd != nil {

@@ -129,15 +129,18 @@ func (k *Keyspace) Stats() (keys int, bytes int64) {
 func kvSize(kv *mvccpb.KeyValue) int64 { return kvOverhead + int64(len(kv.Key)+len(kv.Value)) }
 
 // Insert adds kvs, read from the member at revision rev, to a keyspace being loaded: every
-// Insert of one load names the same revision, and comes before any Apply. Keys outside the
-// cached prefixes are ignored. It fails with ErrTooBig when the keys outgrow the bound.
+// Insert of one load names the same revision, or 0 while it is not known yet (a streamed read
+// tells its revision at its end), and comes before any Apply. Keys outside the cached prefixes
+// are ignored. It fails with ErrTooBig when the keys outgrow the bound.
 func (k *Keyspace) Insert(rev int64, kvs []*mvccpb.KeyValue) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.rev != 0 && k.rev != rev {
-		return fmt.Errorf("cache: inserting keys read at revision %d into a keyspace at %d", rev, k.rev)
+	if rev != 0 {
+		if k.rev != 0 && k.rev != rev {
+			return fmt.Errorf("cache: inserting keys read at revision %d into a keyspace at %d", rev, k.rev)
+		}
+		k.rev = rev
 	}
-	k.rev = rev
 	for _, kv := range kvs {
 		if !k.Holds(kv.Key) {
 			continue

@@ -8,6 +8,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/watchgate/watchgate/cache"
 )
@@ -19,11 +21,15 @@ import (
 // follow the log: the log lost revisions, a message could not be decoded, or the keyspace
 // outgrew its bound. While it is being rebuilt, reads pass through to the member.
 
-// loadPage is how many keys one read of the snapshot asks the member for.
-const loadPage = 1000
+// loadPage is how many keys one page of the snapshot asks a member without RangeStream for.
+// Such a member counts the rest of the range for every page, so a load costs it about K²/loadPage
+// key visits: pages are large.
+const loadPage = 10000
 
-// loadKeyspace reads the cached prefixes from the member into a new keyspace: the first page
-// linearizably, which fixes the revision R, then every other page at R.
+// loadKeyspace reads the cached prefixes from the member into a new keyspace: the first prefix
+// linearizably, which fixes the revision R, every other at R. It streams each prefix
+// (RangeStream, etcd 3.7), which etcd reads at one revision without counting; a member without
+// RangeStream is read in pages instead.
 func (s *Server) loadKeyspace(ctx context.Context) (*cache.Keyspace, error) {
 	ks := cache.NewKeyspace(s.o.CachePrefixes, s.o.CacheMaxBytes)
 	prefixes := s.o.CachePrefixes
@@ -31,36 +37,89 @@ func (s *Server) loadKeyspace(ctx context.Context) (*cache.Keyspace, error) {
 		prefixes = []string{""}
 	}
 	var rev int64
+	stream := true
 	for _, p := range prefixes {
 		key, end := p, clientv3.GetPrefixRangeEnd(p)
 		if p == "" {
 			key, end = "\x00", "\x00"
 		}
-		for {
-			opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(loadPage)}
-			if rev != 0 {
-				opts = append(opts, clientv3.WithRev(rev))
+		var err error
+		if stream {
+			var r int64
+			r, err = s.streamPrefix(ctx, ks, key, end, rev)
+			if status.Code(err) == codes.Unimplemented {
+				stream = false
+			} else if rev == 0 {
+				rev = r
 			}
-			resp, err := s.o.Member.Get(ctx, key, opts...)
-			if err != nil {
-				return nil, fmt.Errorf("reading the keyspace from the member: %w", err)
-			}
-			if rev == 0 {
-				rev = resp.Header.Revision
-			}
-			if err := ks.Insert(rev, resp.Kvs); err != nil {
-				return nil, err
-			}
-			if !resp.More || len(resp.Kvs) == 0 {
-				break
-			}
-			key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		}
+		if !stream {
+			rev, err = s.pagePrefix(ctx, ks, key, end, rev, loadPage)
+		}
+		if err != nil {
+			return nil, err
 		}
 	}
 	if rev == 0 {
 		return nil, errors.New("reading the keyspace from the member: no revision")
 	}
-	return ks, nil
+	return ks, ks.Insert(rev, nil)
+}
+
+// streamPrefix streams [key, end) at revision rev (0: the current one, read linearizably)
+// into ks, and returns the revision it was read at.
+func (s *Server) streamPrefix(ctx context.Context, ks *cache.Keyspace, key, end string, rev int64) (int64, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the stream if a chunk fails to insert
+	opts := []clientv3.OpOption{clientv3.WithRange(end)}
+	if rev != 0 {
+		opts = append(opts, clientv3.WithRev(rev))
+	}
+	chunks, err := s.o.Member.GetStream(ctx, key, opts...)
+	if err != nil {
+		return 0, err
+	}
+	var at int64
+	for c := range chunks {
+		if err := c.Err(); err != nil {
+			return 0, err
+		}
+		if err := ks.Insert(rev, c.Kvs); err != nil {
+			return 0, err
+		}
+		if c.Header != nil {
+			at = c.Header.Revision
+		}
+	}
+	if at == 0 {
+		return 0, errors.New("reading the keyspace from the member: the stream ended without a revision")
+	}
+	return at, nil
+}
+
+// pagePrefix reads [key, end) at revision rev (0: the current one, read linearizably, for the
+// first page) into ks in pages of page keys, and returns the revision it was read at.
+func (s *Server) pagePrefix(ctx context.Context, ks *cache.Keyspace, key, end string, rev int64, page int64) (int64, error) {
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(page)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.o.Member.Get(ctx, key, opts...)
+		if err != nil {
+			return 0, fmt.Errorf("reading the keyspace from the member: %w", err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		if err := ks.Insert(rev, resp.Kvs); err != nil {
+			return 0, err
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return rev, nil
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
 }
 
 // keepKeyspace rebuilds the keyspace whenever the hub drops it, until ctx ends.

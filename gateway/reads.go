@@ -96,6 +96,8 @@ func (s *Server) rangeCached(ctx context.Context, r *pb.RangeRequest) (resp *pb.
 	}
 	cur := ks.Rev()
 	switch {
+	case cur < minRev:
+		return nil, false, nil // a keyspace rebuilt meanwhile, behind what the read needs
 	case r.Revision > cur:
 		return nil, false, nil // a future revision, or one the cache has not reached: etcd knows
 	case r.Revision > 0 && r.Revision < cur && checked == 0:
@@ -112,7 +114,11 @@ func (s *Server) rangeCached(ctx context.Context, r *pb.RangeRequest) (resp *pb.
 			return nil, false, nil
 		}
 	}
+	return s.answer(ctx, ks, r, minRev)
+}
 
+// answer reads r, a request the cache may answer, from ks at revision minRev or later.
+func (s *Server) answer(ctx context.Context, ks *cache.Keyspace, r *pb.RangeRequest, minRev int64) (*pb.RangeResponse, bool, error) {
 	if len(r.RangeEnd) == 0 && r.Revision <= 0 {
 		resp, rev := ks.RangeKey(r)
 		resp.Header = s.header(rev)

@@ -28,6 +28,8 @@ Scenarios:
   watch-resume   W watchers reconnect at once from an old revision: time until caught up
   range          GET of one key and LIST of a prefix, linearizable and serializable
   ingest         revisions/s from etcd to the consumer at saturation, and lag at a steady rate
+  cache-load     watchgate only: a replica's start on K keys (until ready) and its keyspace
+                 cache's heap per key
 
 Run 'watchgate bench <scenario> --help' for the scenario's sizes.`
 
@@ -94,6 +96,12 @@ var benchScenarios = map[string]func(fs *flag.FlagSet) func() bench.Scenario{
 		fs.IntVar(&s.Backlog, "backlog", s.Backlog, "revisions written before the tier starts")
 		fs.IntVar(&s.Rate, "rate", s.Rate, "puts per second in the steady phase")
 		fs.DurationVar(&s.Duration, "duration", s.Duration, "length of the steady phase")
+		fs.IntVar(&s.ValueSize, "value-size", s.ValueSize, "value size in bytes")
+		return func() bench.Scenario { return s }
+	},
+	"cache-load": func(fs *flag.FlagSet) func() bench.Scenario {
+		s := bench.DefaultCacheLoad
+		fs.IntVar(&s.Keys, "keys", s.Keys, "keys written to etcd before the replica starts")
 		fs.IntVar(&s.ValueSize, "value-size", s.ValueSize, "value size in bytes")
 		return func() bench.Scenario { return s }
 	},
