@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -119,12 +120,16 @@ func TestWatchResumeSmoke(t *testing.T) {
 }
 
 func TestRangeSmoke(t *testing.T) {
-	rep := runSmoke(t, Range{Keys: 20, ValueSize: 32, Clients: 2, Duration: 200 * time.Millisecond})
-	if want := len(AllTargets) * len(RangeCases); len(rep.Rows) != want {
-		t.Fatalf("%d rows, want %d", len(rep.Rows), want)
+	for _, raw := range []bool{false, true} {
+		t.Run(fmt.Sprintf("raw=%v", raw), func(t *testing.T) {
+			rep := runSmoke(t, Range{Keys: 20, ValueSize: 32, Clients: 2, Duration: 200 * time.Millisecond, Raw: raw})
+			if want := len(AllTargets) * len(RangeCases); len(rep.Rows) != want {
+				t.Fatalf("%d rows, want %d", len(rep.Rows), want)
+			}
+			wantValue(t, rep, "errors", 0) // every response held the keys it should
+			wantPositive(t, rep, "ops", "latency_p50_ms", "latency_p99_ms")
+		})
 	}
-	wantValue(t, rep, "errors", 0)
-	wantPositive(t, rep, "ops", "latency_p50_ms", "latency_p99_ms")
 }
 
 func TestIngestSmoke(t *testing.T) {

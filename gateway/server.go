@@ -218,6 +218,8 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 		grpc.MaxRecvMsgSize(s.o.MaxRequestBytes + grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(math.MaxUint32),
+		grpc.WriteBufferSize(256 << 10),
+		grpc.SharedWriteBuffer(true),
 	}, s.protection()...), opts...)
 	g := grpc.NewServer(opts...)
 	s.Register(g)

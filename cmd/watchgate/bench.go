@@ -85,6 +85,7 @@ var benchScenarios = map[string]func(fs *flag.FlagSet) func() bench.Scenario{
 		fs.IntVar(&s.ValueSize, "value-size", s.ValueSize, "value size in bytes")
 		fs.IntVar(&s.Clients, "clients", s.Clients, "concurrent clients, one connection and one request in flight each")
 		fs.DurationVar(&s.Duration, "duration", s.Duration, "how long each case runs")
+		fs.BoolVar(&s.Raw, "raw", s.Raw, "clients count each response's keys without decoding it, so the servers, not the clients' decoding, are the limit")
 		cases := fs.String("cases", strings.Join(bench.RangeCases, ","), "comma-separated cases to run")
 		return func() bench.Scenario {
 			s.Cases = splitList(*cases)
