@@ -6,9 +6,12 @@
 //     consumer of the log (the s-watcher, see hub) and multiplexes every client watch stream and
 //     watcher onto it, with a history ring for watchers that start in the recent past and the
 //     log itself for older history.
-//   - KV, Lease, Maintenance.Status pass through to the member cluster with etcd's responses
-//     and errors unchanged; Status reports at least version 3.5.13 because the replica itself
-//     answers the watch features clients gate on that version.
+//   - Range is answered from the replica's keyspace cache with etcd's consistency and results
+//     (reads.go, keyspace.go, probe.go); what the cache cannot answer exactly passes through.
+//   - Writes, Lease, Maintenance.Status pass through to the member cluster with etcd's
+//     responses and errors unchanged; Status reports at least version 3.5.13 because the
+//     replica itself answers the watch features clients gate on that version.
+//   - Optional per-client limits (protect.go) guard every call.
 //   - Cluster.MemberList reports this replica's advertised client URL.
 //
 // # Watch guarantees
