@@ -15,7 +15,7 @@ import (
 
 // TestRequireLeader: when the replica loses its event log, a watch that requires a leader ends
 // with etcd's no-leader error (as etcd ends it when its member loses the leader), a new one is
-// refused with it, and a watch that does not require a leader stays open.
+// refused with it, a watch that does not require a leader stays open, and reads go to etcd.
 func TestRequireLeader(t *testing.T) {
 	ctx := testenv.Context(t, time.Minute)
 	st := stacktest.Start(t, func(o *stack.Options) { o.Gateway.LeaderCheckInterval = 50 * time.Millisecond })
@@ -34,6 +34,14 @@ func TestRequireLeader(t *testing.T) {
 	resp, ok := <-required
 	if !ok || !errors.Is(resp.Err(), rpctypes.ErrNoLeader) {
 		t.Fatalf("require-leader watch got %+v (open %v, err %v), want etcd's no-leader error", resp, ok, resp.Err())
+	}
+	// Without its event log the replica's cache no longer advances: reads go to etcd.
+	before := st.Gateway.ReadStats()
+	if _, err := gw.Get(ctx, "leader/a", clientv3.WithSerializable()); err != nil {
+		t.Fatal(err)
+	}
+	if after := st.Gateway.ReadStats(); after.PassedThrough != before.PassedThrough+1 {
+		t.Errorf("serializable read without the event log: read stats went from %+v to %+v, want it passed through", before, after)
 	}
 	for { // a new require-leader watch is refused (the client retries, so read its error)
 		resp, ok := <-gw.Watch(clientv3.WithRequireLeader(ctx), "leader/c")

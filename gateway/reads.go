@@ -54,7 +54,8 @@ func (s *Server) ReadStats() ReadStats {
 // one the ring no longer covers passes through, as does every request the cache cannot answer
 // exactly as etcd would: invalid ones (etcd words the error), ones carrying an auth token
 // (etcd checks permissions) or requiring a leader (etcd checks it has one), and all of them
-// while the member's auth is on or the cache is being built. Whether auth is on is known from
+// while the member's auth is on, the cache is being built, or the replica has lost its event
+// log or member connection (its cache no longer advances). Whether auth is on is known from
 // the probe, which reads without credentials: a serializable read takes a probe first if the
 // last successful one is older than LeaderCheckInterval. Multi-key ranges go through the response cache: identical requests reuse one
 // encoded response while no event touches their range, and identical requests arriving
@@ -64,7 +65,8 @@ func (s *Server) ReadStats() ReadStats {
 // through to the member.
 func (s *Server) rangeCached(ctx context.Context, r *pb.RangeRequest) (resp *pb.RangeResponse, handled bool, err error) {
 	ks := s.hub.keys.Load()
-	if ks == nil || !validRange(r) || carriesAuth(ctx) || requiresLeader(ctx) || !ks.Covers(r.Key, r.RangeEnd) {
+	if ks == nil || !validRange(r) || carriesAuth(ctx) || requiresLeader(ctx) || !ks.Covers(r.Key, r.RangeEnd) ||
+		s.leader.leaderless.Load() {
 		return nil, false, nil
 	}
 	var minRev, checked int64
