@@ -166,27 +166,39 @@ func (k *Keyspace) putLocked(kv *mvccpb.KeyValue) error {
 }
 
 // Apply applies revision rev, which must follow the keyspace's revision, with its events: a put
-// stores the event's KeyValue, a delete removes the key. On error (ErrTooBig, or a revision out
-// of order) the keyspace is left part-applied and must be discarded.
+// stores the event's KeyValue, a delete removes the key. A revision is applied whole or not at
+// all: on error (ErrTooBig, or a revision out of order) the keyspace is left as it was, at the
+// previous revision, and cannot follow any further.
 func (k *Keyspace) Apply(rev int64, events []*mvccpb.Event) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if rev != k.rev+1 {
 		return fmt.Errorf("cache: applying revision %d to a keyspace at %d", rev, k.rev)
 	}
-	k.rev = rev
+	var delta int64
 	for _, ev := range events {
 		if !k.Holds(ev.Kv.Key) {
 			continue
 		}
-		if ev.Type == mvccpb.DELETE {
-			if old, had := k.tree.Delete(ev.Kv); had {
-				k.bytes -= kvSize(old)
-			}
-			continue
+		if old, had := k.tree.Get(ev.Kv); had {
+			delta -= kvSize(old)
 		}
-		if err := k.putLocked(ev.Kv); err != nil {
-			return err
+		if ev.Type != mvccpb.DELETE {
+			delta += kvSize(ev.Kv)
+		}
+	}
+	if k.maxBytes > 0 && k.bytes+delta > k.maxBytes {
+		return fmt.Errorf("%w: revision %d would take it to about %d bytes, over the bound of %d", ErrTooBig, rev, k.bytes+delta, k.maxBytes)
+	}
+	k.rev = rev
+	k.bytes += delta
+	for _, ev := range events {
+		switch {
+		case !k.Holds(ev.Kv.Key):
+		case ev.Type == mvccpb.DELETE:
+			k.tree.Delete(ev.Kv)
+		default:
+			k.tree.ReplaceOrInsert(ev.Kv)
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package cache
 import (
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -83,8 +84,11 @@ func randomRange(rng *rand.Rand, keys []string) *pb.RangeRequest {
 	case 3:
 		r.Key, r.RangeEnd = []byte("a/"), []byte("a0")
 	}
-	if rng.IntN(2) == 0 {
+	switch rng.IntN(4) {
+	case 0:
 		r.Limit = int64(rng.IntN(4))
+	case 1:
+		r.Limit = math.MaxInt64 - int64(rng.IntN(2))
 	}
 	r.SortOrder = pb.RangeRequest_SortOrder(rng.IntN(3))
 	r.SortTarget = pb.RangeRequest_SortTarget(rng.IntN(5))
@@ -199,10 +203,18 @@ func TestKeyspaceBound(t *testing.T) {
 	if err := ks.Apply(2, []*mvccpb.Event{{Kv: &mvccpb.KeyValue{Key: []byte("a"), Value: big}}}); err != nil {
 		t.Fatal(err)
 	}
-	err := ks.Apply(3, []*mvccpb.Event{{Kv: &mvccpb.KeyValue{Key: []byte("c"), Value: big}},
-		{Kv: &mvccpb.KeyValue{Key: []byte("d"), Value: big}}})
+	// A revision that deletes a, then puts c and d, would outgrow the bound: none of it applies.
+	err := ks.Apply(3, []*mvccpb.Event{{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: []byte("a")}},
+		{Kv: &mvccpb.KeyValue{Key: []byte("c"), Value: big}}, {Kv: &mvccpb.KeyValue{Key: []byte("d"), Value: big}},
+		{Kv: &mvccpb.KeyValue{Key: []byte("e"), Value: big}}})
 	if !errors.Is(err, ErrTooBig) {
 		t.Fatalf("Apply over the bound: %v, want ErrTooBig", err)
+	}
+	if kv, rev := ks.Get([]byte("a")); kv == nil || rev != 2 {
+		t.Errorf("after a refused revision: a = %v at %d, want it still there at 2 (no torn revision)", kv, rev)
+	}
+	if kv, _ := ks.Get([]byte("c")); kv != nil {
+		t.Errorf("after a refused revision: c = %v, want none", kv)
 	}
 	if err := NewKeyspace(nil, 100).Insert(1, kvs); !errors.Is(err, ErrTooBig) {
 		t.Fatalf("Insert over the bound: %v, want ErrTooBig", err)
@@ -287,5 +299,24 @@ func TestResponsesBoundedByBytes(t *testing.T) {
 	c.Invalidate(2, []*mvccpb.Event{{Kv: &mvccpb.KeyValue{Key: []byte("k")}}})
 	if n, bytes := c.Stats(); n != 0 || bytes != 0 {
 		t.Errorf("after invalidating: %d responses, %d bytes", n, bytes)
+	}
+}
+
+// TestRangeHugeLimit checks that a limit of math.MaxInt64, which some clients pass for "no
+// limit", returns every key, as etcd does (it does not read one beyond such a limit).
+func TestRangeHugeLimit(t *testing.T) {
+	ks := NewKeyspace(nil, 0)
+	kvs := []*mvccpb.KeyValue{{Key: []byte("a"), ModRevision: 1}, {Key: []byte("b"), ModRevision: 1}}
+	if err := ks.Insert(1, kvs); err != nil {
+		t.Fatal(err)
+	}
+	for _, limit := range []int64{math.MaxInt64, math.MaxInt64 - 1} {
+		resp := ks.View().Range(&pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte("z"), Limit: limit}, 1, nil)
+		if len(resp.Kvs) != 2 || resp.Count != 2 || resp.More {
+			t.Errorf("limit %d: %d kvs, count %d, more %v; want 2, 2, false", limit, len(resp.Kvs), resp.Count, resp.More)
+		}
+		if got, _ := ks.RangeKey(&pb.RangeRequest{Key: []byte("a"), Limit: limit}); len(got.Kvs) != 1 {
+			t.Errorf("GET with limit %d: %d kvs, want 1", limit, len(got.Kvs))
+		}
 	}
 }

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"math"
 	"slices"
 	"sort"
 
@@ -39,7 +40,7 @@ func evaluate(r *pb.RangeRequest, ascend func(func(*mvccpb.KeyValue) bool), roll
 	// What etcd's index hands to its range: every key when the results are re-sorted or
 	// filtered (they are cut to the limit afterwards), else one beyond the limit, to tell more.
 	fetch := 0
-	if r.Limit > 0 && isDefaultOrdering(r) && !hasRevisionFilters(r) {
+	if r.Limit > 0 && r.Limit < math.MaxInt64 && isDefaultOrdering(r) && !hasRevisionFilters(r) {
 		fetch = int(r.Limit) + 1
 	}
 	var kvs []*mvccpb.KeyValue

@@ -95,8 +95,8 @@ type hub struct {
 	rebuild   chan struct{}    // asks keepKeyspace for a new keyspace
 	loaded    atomic.Bool      // a keyspace has been installed once
 	// Guarded by mu.
-	waiters  []appliedWaiter // reads waiting for the keyspace to reach a revision
-	noPrevKV int64           // the last revision with an event that cannot be rolled back
+	waiters  waiterHeap // reads waiting for the keyspace to reach a revision
+	noPrevKV int64      // the last revision with an event that cannot be rolled back
 }
 
 func newHub(o Options, m *metrics, header func(int64) *pb.ResponseHeader) *hub {
@@ -116,9 +116,8 @@ func newHub(o Options, m *metrics, header func(int64) *pb.ResponseHeader) *hub {
 	return h
 }
 
-// run consumes the log until ctx ends, resuming after errors.
-func (h *hub) run(ctx context.Context, log *eventlog.Log) error {
-	h.log = log
+// run consumes the log (h.log, set before) until ctx ends, resuming after errors.
+func (h *hub) run(ctx context.Context) error {
 	for {
 		err := h.follow(ctx)
 		if ctx.Err() != nil {
@@ -142,8 +141,12 @@ func (h *hub) follow(ctx context.Context) error {
 	select {
 	case <-h.started:
 	default:
-		// Start far enough back to fill the history ring.
+		// Start far enough back to fill the history ring, and to move the keyspace loaded
+		// before the start forward.
 		h.applied = max(b.First, b.Last-int64(h.ring.Cap())+1) - 1
+		if ks := h.keys.Load(); ks != nil && ks.Rev() >= b.First-1 {
+			h.applied = min(h.applied, ks.Rev())
+		}
 		h.compact = b.Compact()
 		h.readyAt = b.Last
 		h.ready = h.applied >= h.readyAt

@@ -1,9 +1,11 @@
 package gateway
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -155,11 +157,59 @@ func (s *Server) buildKeyspace(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := s.hub.catchUpKeys(ctx, ks); err != nil {
+		return err
+	}
 	if err := s.hub.install(ks); err != nil {
 		return err
 	}
 	n, bytes := ks.Stats()
 	s.o.Logger.Info("keyspace cache loaded", "keys", n, "bytes", bytes, "revision", ks.Rev(), "took", time.Since(start))
+	return nil
+}
+
+// catchUpKeys moves ks forward by reading the event log, while the history ring no longer
+// holds the revisions that follow it: a large keyspace loaded under a steady stream of writes
+// can take longer to read than the ring lasts. The log is read without the hub's lock; install
+// then finishes from the ring.
+func (h *hub) catchUpKeys(ctx context.Context, ks *cache.Keyspace) error {
+	for {
+		h.mu.Lock()
+		applied, oldest, held := h.applied, h.ring.Oldest(), h.ring.Len()
+		h.mu.Unlock()
+		next := ks.Rev() + 1
+		if next > applied || (held > 0 && oldest <= next) {
+			return nil
+		}
+		to := applied
+		if held > 0 {
+			to = oldest - 1
+		}
+		if err := h.applyFromLog(ctx, ks, next, to); err != nil {
+			return err
+		}
+	}
+}
+
+// applyFromLog applies revisions [from, to] from the event log to ks.
+func (h *hub) applyFromLog(ctx context.Context, ks *cache.Keyspace, from, to int64) error {
+	cur, err := h.log.Follow(ctx, from, 0)
+	if err != nil {
+		return err
+	}
+	defer cur.Close()
+	for ks.Rev() < to {
+		e, err := cur.Next(ctx)
+		switch {
+		case err != nil:
+			return err
+		case e.Missing != 0 || e.Err != nil:
+			return fmt.Errorf("%w (revision %d cannot be read from the event log)", errBehindHistory, ks.Rev()+1)
+		}
+		if err := ks.Apply(e.Rev, e.Events); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -202,14 +252,11 @@ func (h *hub) applyKeys(rev int64, r *revision) {
 		}
 	}
 	ks := h.keys.Load()
-	if ks == nil {
-		return
+	if ks == nil || rev <= ks.Rev() {
+		return // no keyspace, or its snapshot has the revision already
 	}
 	err := errors.New("a revision could not be read from the event log")
 	if r != nil {
-		if rev <= ks.Rev() {
-			return // the snapshot has it already
-		}
 		if err = ks.Apply(rev, r.events); err == nil {
 			if h.responses != nil {
 				h.responses.Invalidate(rev, r.events)
@@ -231,6 +278,31 @@ func (h *hub) applyKeys(rev int64, r *revision) {
 type appliedWaiter struct {
 	rev  int64
 	done chan struct{}
+	i    int // its index in the heap, -1 once out of it
+}
+
+// waiterHeap orders the waiting reads by revision, lowest first, so a revision applied wakes
+// exactly the reads it satisfies and a read giving up leaves in logarithmic time.
+type waiterHeap []*appliedWaiter
+
+func (q waiterHeap) Len() int           { return len(q) }
+func (q waiterHeap) Less(i, j int) bool { return q[i].rev < q[j].rev }
+func (q waiterHeap) Swap(i, j int) {
+	q[i], q[j] = q[j], q[i]
+	q[i].i, q[j].i = i, j
+}
+func (q *waiterHeap) Push(x any) {
+	w := x.(*appliedWaiter)
+	w.i = len(*q)
+	*q = append(*q, w)
+}
+func (q *waiterHeap) Pop() any {
+	old := *q
+	w := old[len(old)-1]
+	old[len(old)-1] = nil
+	*q = old[:len(old)-1]
+	w.i = -1
+	return w
 }
 
 // wakeLocked releases the waiters the keyspace has reached (all of them if it was dropped).
@@ -238,17 +310,13 @@ func (h *hub) wakeLocked() {
 	if len(h.waiters) == 0 {
 		return
 	}
-	ks := h.keys.Load()
-	kept := h.waiters[:0]
-	for _, w := range h.waiters {
-		if ks == nil || ks.Rev() >= w.rev {
-			close(w.done)
-			continue
-		}
-		kept = append(kept, w)
+	reached := int64(math.MaxInt64)
+	if ks := h.keys.Load(); ks != nil {
+		reached = ks.Rev()
 	}
-	clear(h.waiters[len(kept):])
-	h.waiters = kept
+	for len(h.waiters) > 0 && h.waiters[0].rev <= reached {
+		close(heap.Pop(&h.waiters).(*appliedWaiter).done)
+	}
 }
 
 // waitKeys waits up to bound for the keyspace to reach revision rev, and returns it if it
@@ -263,8 +331,8 @@ func (h *hub) waitKeys(ctx context.Context, rev int64, bound time.Duration) *cac
 		h.mu.Unlock()
 		return ks
 	}
-	w := appliedWaiter{rev: rev, done: make(chan struct{})}
-	h.waiters = append(h.waiters, w)
+	w := &appliedWaiter{rev: rev, done: make(chan struct{})}
+	heap.Push(&h.waiters, w)
 	h.mu.Unlock()
 
 	t := time.NewTimer(bound)
@@ -275,11 +343,8 @@ func (h *hub) waitKeys(ctx context.Context, rev int64, bound time.Duration) *cac
 	case <-ctx.Done():
 	}
 	h.mu.Lock()
-	for i, o := range h.waiters {
-		if o.done == w.done {
-			h.waiters = append(h.waiters[:i], h.waiters[i+1:]...)
-			break
-		}
+	if w.i >= 0 {
+		heap.Remove(&h.waiters, w.i)
 	}
 	h.mu.Unlock()
 	if ks := h.keys.Load(); ks != nil && ks.Rev() >= rev {

@@ -1,15 +1,20 @@
 package gateway
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/testing/protocmp"
 
 	"github.com/watchgate/watchgate/cache"
+	"github.com/watchgate/watchgate/ingest"
 	"github.com/watchgate/watchgate/internal/testenv"
 )
 
@@ -55,5 +60,78 @@ func TestLoadStreamedAndPaged(t *testing.T) {
 		if diff := cmp.Diff(want, pv.Range(all, pv.Rev, nil), protocmp.Transform()); diff != "" {
 			t.Errorf("%q: (-streamed +paged):\n%s", r[0], diff)
 		}
+	}
+}
+
+// TestKeyspaceCatchesUpFromLog checks that a keyspace read at a revision the history ring no
+// longer reaches back to (a large load under steady writes) is moved forward from the event
+// log and then installed, and ends equal to a fresh load.
+func TestKeyspaceCatchesUpFromLog(t *testing.T) {
+	ctx := testenv.Context(t, time.Minute)
+	member := testenv.Client(t, testenv.Etcd(t).Endpoint)
+	_, js := testenv.JetStream(t, testenv.NATS(t).ClientURL())
+	log := testenv.EventLog(ctx, t, js)
+	ing, err := ingest.New(ingest.Options{Member: member, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = ing.Run(runCtx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	var old, last int64
+	for i := range 40 {
+		resp, err := member.Put(ctx, fmt.Sprintf("k/%02d", i%7), fmt.Sprint(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 9 {
+			old = resp.Header.Revision
+		}
+		last = resp.Header.Revision
+	}
+	s, err := New(Options{Member: member, JetStream: js, HistoryRevisions: 5, CacheMaxBytes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.hub.log = log
+	wg.Go(func() { _ = s.hub.run(runCtx) })
+	for s.Applied() < last {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the hub did not apply the log")
+		case <-time.After(time.Millisecond):
+		}
+	}
+
+	ks := cache.NewKeyspace(nil, 0)
+	resp, err := member.Get(ctx, "\x00", clientv3.WithFromKey(), clientv3.WithRev(old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ks.Insert(old, resp.Kvs); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.hub.install(ks); !errors.Is(err, errBehindHistory) {
+		t.Fatalf("install of a keyspace behind the ring: %v, want %v", err, errBehindHistory)
+	}
+	if err := s.hub.catchUpKeys(ctx, ks); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.hub.install(ks); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := s.loadKeyspace(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := &pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}}
+	got, want := ks.View(), fresh.View()
+	if got.Rev != want.Rev {
+		t.Fatalf("caught up to %d, fresh load at %d", got.Rev, want.Rev)
+	}
+	if diff := cmp.Diff(want.Range(all, want.Rev, nil), got.Range(all, got.Rev, nil), protocmp.Transform()); diff != "" {
+		t.Errorf("(-fresh +caught up):\n%s", diff)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -358,7 +359,7 @@ func (w *diffWorld) randomRange() *pb.RangeRequest {
 			r.RangeEnd = []byte{0}
 		}
 	}
-	r.Limit = []int64{0, 0, 0, 0, 1, 2, 3, 5, 1000, -1, -7}[w.rng.IntN(11)]
+	r.Limit = []int64{0, 0, 0, 0, 1, 2, 3, 5, 1000, -1, -7, math.MaxInt64, math.MaxInt64 - 1}[w.rng.IntN(13)]
 	r.Revision = w.revision()
 	orders := []pb.RangeRequest_SortOrder{pb.RangeRequest_NONE, pb.RangeRequest_NONE, pb.RangeRequest_NONE,
 		pb.RangeRequest_ASCEND, pb.RangeRequest_DESCEND}

@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/watchgate/watchgate/cache"
@@ -70,10 +71,15 @@ func (s *Server) rangeCached(ctx context.Context, r *pb.RangeRequest) (resp *pb.
 		return nil, false, nil
 	}
 	var minRev, checked int64
-	authChecked := time.Since(time.Unix(0, s.authFree.Load())) < s.o.LeaderCheckInterval
-	if !r.Serializable || !authChecked {
+	if r.Serializable && time.Since(time.Unix(0, s.authFree.Load())) >= s.o.LeaderCheckInterval {
+		// Whether auth is on, asked as the read itself would be: without consensus.
+		if !s.checkAuth(ctx) {
+			return nil, false, nil
+		}
+	}
+	if !r.Serializable {
 		start := time.Now()
-		if !r.Serializable && r.Revision > 0 && r.Revision < ks.Rev() {
+		if r.Revision > 0 && r.Revision < ks.Rev() {
 			checked = r.Revision // the probe tells whether it is compacted
 		}
 		rev, err := s.revisionAt(ctx, checked)
@@ -83,15 +89,13 @@ func (s *Server) rangeCached(ctx context.Context, r *pb.RangeRequest) (resp *pb.
 		if err != nil {
 			return nil, false, nil // the member answers, with its own error if it fails again
 		}
-		if !r.Serializable {
-			minRev = rev
-			if s.hub.waitKeys(ctx, rev, s.o.CacheWait) == nil {
-				s.reads.fellBack.Add(1)
-				s.m.reads.Add(ctx, 1, answerFallback)
-				return nil, false, nil
-			}
-			s.m.readWait.Record(ctx, time.Since(start).Seconds())
+		minRev = rev
+		if s.hub.waitKeys(ctx, rev, s.o.CacheWait) == nil {
+			s.reads.fellBack.Add(1)
+			s.m.reads.Add(ctx, 1, answerFallback)
+			return nil, false, nil
 		}
+		s.m.readWait.Record(ctx, time.Since(start).Seconds())
 	}
 	if ks = s.hub.keys.Load(); ks == nil {
 		return nil, false, nil
@@ -142,7 +146,7 @@ func (s *Server) answer(ctx context.Context, ks *cache.Keyspace, r *pb.RangeRequ
 		s.countCached(ctx, true)
 		return bodyResponse(s.header(rev), body), true, nil
 	}
-	v, _, _ := s.flight.Do(id, func() (any, error) {
+	ch := s.flight.DoChan(id, func() (any, error) {
 		resp, at, ok := s.evaluate(ks, r)
 		if !ok {
 			return encoded{}, nil
@@ -154,7 +158,13 @@ func (s *Server) answer(ctx context.Context, ks *cache.Keyspace, r *pb.RangeRequ
 		s.hub.responses.Add(id, r.Key, r.RangeEnd, r.Revision > 0, body, at)
 		return encoded{body: body, rev: at, ok: true}, nil
 	})
-	e := v.(encoded)
+	var e encoded
+	select {
+	case res := <-ch:
+		e = res.Val.(encoded)
+	case <-ctx.Done():
+		return nil, true, status.FromContextError(ctx.Err()).Err()
+	}
 	if e.ok && e.rev < minRev {
 		// Computed by a request that began before this one and read an older revision.
 		resp, at, ok := s.evaluate(ks, r)
@@ -244,4 +254,23 @@ func bodyResponse(hdr *pb.ResponseHeader, body []byte) *pb.RangeResponse {
 	resp := &pb.RangeResponse{Header: hdr}
 	resp.ProtoReflect().SetUnknown(body)
 	return resp
+}
+
+// checkAuth asks the member whether its auth is off, with a serializable count-only read of
+// one key and no credentials, shared by the reads asking together; it reports whether the
+// cache may answer (auth off).
+func (s *Server) checkAuth(ctx context.Context) bool {
+	ch := s.authCheck.DoChan("", func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+		defer cancel()
+		_, err := s.o.Member.Get(ctx, "\x00", clientv3.WithCountOnly(), clientv3.WithSerializable())
+		s.noteAuth(err)
+		return err == nil, nil
+	})
+	select {
+	case res := <-ch:
+		return res.Val.(bool)
+	case <-ctx.Done():
+		return false
+	}
 }

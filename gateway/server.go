@@ -166,9 +166,10 @@ type Server struct {
 
 	probes compactionProbes // questions to the member about its compaction
 
-	probe  revisionProbe      // linearizable reads of etcd's revision, shared
-	flight singleflight.Group // identical range requests computed once
-	reads  readCounters
+	probe     revisionProbe      // linearizable reads of etcd's revision, shared
+	flight    singleflight.Group // identical range requests computed once
+	authCheck singleflight.Group // serializable reads asking whether auth is on
+	reads     readCounters
 	// authFree is when (Unix ns) the member last answered a read without credentials: auth
 	// was off. Reads are served from the cache only while this is recent.
 	authFree atomic.Int64
@@ -241,6 +242,7 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-time.After(s.o.RetryDelay):
 		}
 	}
+	s.hub.log = log
 	if _, err := s.currentRevision(ctx); err != nil {
 		s.o.Logger.Warn("member not reachable yet", "err", err)
 	}
@@ -256,7 +258,7 @@ func (s *Server) Run(ctx context.Context) error {
 		go s.keepKeyspace(ctx)
 	}
 	go s.monitorLeader(ctx, s.o.LeaderCheckInterval)
-	return s.hub.run(ctx, log)
+	return s.hub.run(ctx)
 }
 
 // Ready reports whether the replica has caught up with the event log as it stood at startup
