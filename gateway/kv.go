@@ -21,8 +21,8 @@ import (
 // there (see reads.go); every other request is forwarded, unchanged, to the member cluster over
 // one shared connection.
 //
-// Guarantees: the member's response is returned as is (header included), and the member's error
-// is returned as is, so clients see etcd's own gRPC codes and messages (ErrGRPCCompacted,
+// Guarantees: a forwarded request's response is returned as is (header included), and the
+// member's error is returned as is, so clients see etcd's own gRPC codes and messages (ErrGRPCCompacted,
 // ErrGRPCFutureRev, "etcdserver: request is too large", ...). The caller's metadata (the
 // "hasleader" require-leader flag, the auth "token") and deadline travel with the upstream call,
 // and a caller that goes away cancels it. kvServer is safe for concurrent use.
