@@ -38,7 +38,8 @@ func startGateway(ctx context.Context, spec childSpec) (endpoint string, gauges 
 			closeAll()
 		}
 	}()
-	member, err := clientv3.New(clientv3.Config{Endpoints: []string{spec.Upstream}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	member, err := clientv3.New(clientv3.Config{Endpoints: []string{spec.Upstream}, DialTimeout: 5 * time.Second,
+		Logger: zap.NewNop(), MaxUnaryRetries: 1}) // see gateway.Options.Member
 	if err != nil {
 		return "", nil, nil, err
 	}

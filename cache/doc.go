@@ -21,7 +21,9 @@
 // # Responses
 //
 // Responses holds encoded range responses for reuse, bounded by bytes, each dropped by the
-// first revision that touches its range.
+// first revision that touches its range. Its index of ranges is bounded too (per key, per
+// prefix, prefix lengths, other ranges), so the work each revision costs stays small whatever
+// clients ask; a response with no room in the index is answered but not kept.
 //
 // # Concurrency properties
 //

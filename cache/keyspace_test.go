@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -218,87 +217,6 @@ func TestKeyspaceBound(t *testing.T) {
 	}
 	if err := NewKeyspace(nil, 100).Insert(1, kvs); !errors.Is(err, ErrTooBig) {
 		t.Fatalf("Insert over the bound: %v, want ErrTooBig", err)
-	}
-}
-
-func TestResponses(t *testing.T) {
-	c := NewResponses(1<<20, 10)
-	body := []byte("body")
-	add := func(id, key, end string, pinned bool, at int64) {
-		var e []byte
-		if end != "" {
-			e = []byte(end)
-		}
-		c.Add(id, []byte(key), e, pinned, body, at)
-	}
-	add("get", "k", "", false, 10)
-	add("list", "p/", "p0", false, 10)
-	add("from", "m", "\x00", false, 10)
-	add("range", "r/a", "r/c", false, 10)
-	add("pinned", "p/", "p0", true, 7)
-	add("stale", "x", "", false, 9) // read before revision 10: not kept
-	held := func() []string {
-		var ids []string
-		for _, id := range []string{"get", "list", "from", "range", "pinned", "stale"} {
-			if _, _, ok := c.Get(id, 0); ok {
-				ids = append(ids, id)
-			}
-		}
-		return ids
-	}
-	if got, want := held(), []string{"get", "list", "from", "range", "pinned"}; !slices.Equal(got, want) {
-		t.Fatalf("held %v, want %v", got, want)
-	}
-	if _, rev, _ := c.Get("get", 0); rev != 10 {
-		t.Errorf("valid at %d, want 10", rev)
-	}
-	if _, _, ok := c.Get("get", 11); ok {
-		t.Error("a response valid at 10 served for a read that needs 11")
-	}
-	put := func(rev int64, key string) {
-		c.Invalidate(rev, []*mvccpb.Event{{Kv: &mvccpb.KeyValue{Key: []byte(key)}}})
-	}
-	put(11, "a") // touches nothing held
-	if got, want := held(), []string{"get", "list", "from", "range", "pinned"}; !slices.Equal(got, want) {
-		t.Fatalf("after an unrelated put: held %v, want %v", got, want)
-	}
-	if _, rev, _ := c.Get("get", 11); rev != 11 {
-		t.Errorf("valid at %d, want 11", rev)
-	}
-	put(12, "p/x")
-	put(13, "r/b")
-	put(14, "zz")
-	if got, want := held(), []string{"get", "pinned"}; !slices.Equal(got, want) {
-		t.Fatalf("after puts under the list, the range and the from-key range: held %v, want %v", got, want)
-	}
-	put(15, "k")
-	if got, want := held(), []string{"pinned"}; !slices.Equal(got, want) {
-		t.Fatalf("after a put of the key: held %v, want %v", got, want)
-	}
-	if n, bytes := c.Stats(); n != 1 || bytes != sizeOf(&response{id: "pinned", key: []byte("p/"), end: []byte("p0"), body: body}) {
-		t.Errorf("stats %d responses, %d bytes", n, bytes)
-	}
-}
-
-func TestResponsesBoundedByBytes(t *testing.T) {
-	body := make([]byte, 1000)
-	c := NewResponses(8*(1000+128+8), 1)
-	for i := range 20 {
-		c.Add(fmt.Sprintf("id-%04d", i), []byte("k"), nil, false, body, 1)
-	}
-	n, bytes := c.Stats()
-	if bytes > 8*(1000+128+8) || n == 0 {
-		t.Fatalf("%d responses, %d bytes, over the bound", n, bytes)
-	}
-	if _, _, ok := c.Get("id-0019", 0); !ok {
-		t.Error("the newest response was evicted")
-	}
-	if _, _, ok := c.Get("id-0000", 0); ok {
-		t.Error("the oldest response was kept")
-	}
-	c.Invalidate(2, []*mvccpb.Event{{Kv: &mvccpb.KeyValue{Key: []byte("k")}}})
-	if n, bytes := c.Stats(); n != 0 || bytes != 0 {
-		t.Errorf("after invalidating: %d responses, %d bytes", n, bytes)
 	}
 }
 

@@ -6,20 +6,12 @@ package gateway
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
-	"hash/maphash"
 	"log/slog"
 	"math"
-	"net"
-	"net/netip"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/simplelru"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.opentelemetry.io/otel/attribute"
@@ -28,9 +20,6 @@ import (
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
@@ -43,36 +32,58 @@ import (
 // too many requests"), so clients need not learn a new error; an oversized range response
 // fails with a message that says how to avoid it.
 //
-// The limits are per replica: a client spreading its requests over n replicas gets n times
-// the allowance. They are enforced by the interceptors NewGRPCServer installs; a grpc.Server
-// built elsewhere and passed to Register is not protected, and each server NewGRPCServer
-// builds keeps its own per-client state.
+// The limits are enforced by the interceptors NewGRPCServer installs; a grpc.Server built
+// elsewhere and passed to Register is not protected, and each server NewGRPCServer builds
+// keeps its own per-client state.
 //
 // # Client identity
 //
 // Limits apply per client identity, the first of:
-//   - "cn:<name>": the Common Name of the client's TLS certificate (the leaf of the verified
-//     chain, else the first certificate presented);
-//   - "token:<hash>": the etcd auth token (etcd's "token" metadata, or "authorization"), by a
-//     hash of it, so the replica keeps no credentials: one session of an etcd user. Only while
-//     etcd's auth is on (as the replica's revision probes last found it): with auth off etcd
-//     ignores tokens, and a client could make up a new one, and with it a fresh allowance, for
-//     every request;
+//   - "cn:<name>": the Common Name of the client's TLS certificate, the leaf of the chain the
+//     gRPC server's TLS configuration verified (tls.Config.ClientAuth VerifyClientCertIfGiven
+//     or RequireAndVerifyClientCert). A certificate presented but not verified names no one:
+//     any client could present one naming another client, or a new name per connection;
+//   - "token:<hash>": the client's etcd auth token (etcd's "token" metadata, or
+//     "authorization"), by a hash of it, so the replica keeps no credentials: one session of
+//     an etcd user. Only a token etcd has accepted, and only while etcd's auth is on (as the
+//     replica's probes last found it). A token becomes known when a unary KV call carrying it
+//     (Range, Put, DeleteRange, Txn, Compact) succeeds: etcd answers those only after checking
+//     the token, and the replica passes every one carrying a token through to etcd. Until
+//     then the token's calls are their address's, so a made-up token buys nothing: etcd
+//     refuses it (Unauthenticated, "etcdserver: invalid auth token") and the address paid for
+//     the call. Streams (Watch, LeaseKeepAlive, RangeStream) use known tokens but make none
+//     known: the replica serves watches itself, without etcd checking their tokens. Known
+//     tokens are forgotten when etcd's auth is found off, since etcd then accepts any token;
 //   - "addr:<ip>": the peer's IP address without the port, so opening more connections does
 //     not buy more requests. (IPv6 addresses are not grouped by prefix: pods of one node may
 //     share a /64.)
 //
 // A token is not grouped by the user name it may claim (a JWT's "username"): the replica
 // cannot check its signature, and a forged token naming another user would spend that user's
-// allowance. An etcd user with several sessions has an allowance per session; a new session
-// takes an Authenticate call, itself limited by address. A certificate is trusted as far as
-// the gRPC server's TLS configuration verifies it.
+// allowance. An etcd user with several sessions has an allowance per session, but a session
+// is charged to its address until its first call succeeds, so new sessions cost their
+// address's allowance. It also means that a client exhausting a shared address's allowance
+// keeps the new sessions behind that address from becoming known (known ones keep their own
+// allowances).
+//
+// # Deployment
+//
+// The limits are per replica: a client spreading its requests over n replicas gets n times
+// the allowance, and n replicas together admit n times what one does.
+//
+// Behind a load balancer or proxy that rewrites source addresses (SNAT, an L7 proxy that
+// terminates the client's connection), every client reaches the replica from the balancer's
+// addresses: clients without a certificate or known token share one "addr:" identity, and
+// one allowance, per balancer address. There, identify clients by TLS client certificates
+// that the replica verifies (the balancer passing TLS through) or by etcd auth tokens.
 //
 // # Memory
 //
-// Per-identity state is kept for at most 100,000 identities, the least recently seen dropped
-// first, so a client spraying identities costs bounded memory. A dropped identity that returns
-// starts afresh: a full burst, and none of its requests in flight counted.
+// Per-identity state is kept for at most 100,000 identities, and at most 100,000 known
+// tokens, the least recently seen dropped first, so a client spraying identities costs
+// bounded memory. A dropped identity that returns starts afresh: a full burst, and none of
+// its requests in flight counted; a dropped token is its address's again until a call
+// carrying it succeeds.
 type Protection struct {
 	// RequestsPerSecond is the sustained rate of requests one client may make. Every unary
 	// call counts one, and every stream opened (Watch, LeaseKeepAlive, RangeStream) counts
@@ -84,10 +95,10 @@ type Protection struct {
 	// RequestsPerSecond. Default: RequestsPerSecond rounded up, at least 1.
 	Burst int
 	// MaxConcurrentExpensive is how many expensive requests one client may have in flight at
-	// once. Expensive is what can read an unbounded part of the keyspace: a Range or
-	// RangeStream over more than one key (range_end set) with no limit or a limit over 1000,
-	// and a Txn with such a Range in either branch, however deeply nested. Whatever they
-	// return, they make the cache or the member walk the whole range. 0: no limit. Default 0.
+	// once. Expensive is a Range or RangeStream over more than one key (range_end set),
+	// whatever its limit, and a Txn with such a Range in either branch, however deeply
+	// nested: to compute the response's count, the cache and the member both walk the whole
+	// range, however few keys they return. 0: no limit. Default 0.
 	MaxConcurrentExpensive int
 	// MaxRangeResponseBytes caps the encoded size of a unary Range response: a larger one is
 	// not sent, and the call fails with ResourceExhausted and a message saying to page the
@@ -152,15 +163,18 @@ var (
 
 // guard enforces a Protection in front of every RPC. It is safe for concurrent use.
 type guard struct {
-	p        Protection
-	clients  *clientTable // nil when neither rate nor concurrency is limited
-	rejected metric.Int64Counter
-	logger   *slog.Logger
-	now      func() time.Time // the rate limiters' clock
-	authOn   func() bool      // whether etcd's auth is on, so that tokens identify clients
+	p         Protection
+	clients   *lruTable[*client] // nil when neither rate nor concurrency is limited
+	newClient func() *client     // a new identity's state
+	tokens    *knownTokens       // the tokens etcd accepted; nil when clients is
+	rejected  metric.Int64Counter
+	logger    *slog.Logger
+	now       func() time.Time // the rate limiters' clock
+	authOn    func() bool      // whether etcd's auth is on, so that tokens may identify clients
 }
 
-// newGuard returns a guard enforcing p, keeping state for at most size identities.
+// newGuard returns a guard enforcing p, keeping state for at most size identities and size
+// known tokens.
 func newGuard(p Protection, size int, rejected metric.Int64Counter, logger *slog.Logger, now func() time.Time, authOn func() bool) *guard {
 	g := &guard{p: p, rejected: rejected, logger: logger, now: now, authOn: authOn}
 	if p.RequestsPerSecond > 0 || p.MaxConcurrentExpensive > 0 {
@@ -168,22 +182,26 @@ func newGuard(p Protection, size int, rejected metric.Int64Counter, logger *slog
 		if burst == 0 {
 			burst = int(max(1, min(math.Ceil(p.RequestsPerSecond), math.MaxInt32)))
 		}
-		g.clients = newClientTable(size, func() *client {
+		g.clients = newLRUTable[*client](size)
+		g.newClient = func() *client {
 			c := &client{}
 			if p.RequestsPerSecond > 0 {
 				c.limiter = rate.NewLimiter(rate.Limit(p.RequestsPerSecond), burst)
 			}
 			return c
-		})
+		}
+		g.tokens = &knownTokens{set: newLRUTable[struct{}](size)}
 	}
 	return g
 }
 
-// unary is the unary interceptor: rate, then concurrency, then the response's size.
+// unary is the unary interceptor: rate, then concurrency, then the response's size. A call
+// that succeeds makes its token known if etcd checked it (see Protection).
 func (g *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	var id, pending string
 	if g.clients != nil {
-		id := identity(ctx, g.authOn())
-		c := g.clients.get(id)
+		id, pending = g.identify(ctx)
+		c := g.clients.get(id, g.newClient)
 		if !g.allow(ctx, c, id, info.FullMethod) {
 			return nil, rpctypes.ErrGRPCRequestTooManyRequests
 		}
@@ -195,9 +213,15 @@ func (g *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 		}
 	}
 	resp, err := handler(ctx, req)
+	if pending != "" && err == nil && tokenChecked(info.FullMethod) && g.authOn() {
+		g.tokens.add(pending)
+	}
 	if r, ok := resp.(*pb.RangeResponse); ok && err == nil && g.p.MaxRangeResponseBytes > 0 {
 		if n := int64(proto.Size(r)); n > g.p.MaxRangeResponseBytes {
-			g.reject(ctx, reasonBytes, "response_bytes", identity(ctx, g.authOn()), info.FullMethod)
+			if id == "" {
+				id, _ = g.identify(ctx)
+			}
+			g.reject(ctx, reasonBytes, "response_bytes", id, info.FullMethod)
 			return nil, status.Errorf(codes.ResourceExhausted,
 				"watchgate: range response of %d bytes exceeds the limit of %d bytes; page it with limit", n, g.p.MaxRangeResponseBytes)
 		}
@@ -207,14 +231,14 @@ func (g *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 
 // stream is the stream interceptor: opening a stream counts against the rate, and a
 // server-streaming call (RangeStream) whose request is expensive holds a concurrency slot
-// until it ends.
+// until it ends. Streams make no token known.
 func (g *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	if g.clients == nil {
 		return handler(srv, ss)
 	}
 	ctx := ss.Context()
-	id := identity(ctx, g.authOn())
-	c := g.clients.get(id)
+	id, _ := g.identify(ctx)
+	c := g.clients.get(id, g.newClient)
 	if !g.allow(ctx, c, id, info.FullMethod) {
 		return rpctypes.ErrGRPCRequestTooManyRequests
 	}
@@ -282,9 +306,6 @@ func (g *guard) reject(ctx context.Context, reason metric.AddOption, name, id, m
 	g.logger.Debug("request refused by client protection", "reason", name, "client", id, "method", method)
 }
 
-// expensiveRangeLimit is the largest limit of a multi-key range that is not expensive.
-const expensiveRangeLimit = 1000
-
 // expensive reports whether req is an expensive request (see Protection).
 func expensive(req any) bool {
 	switch r := req.(type) {
@@ -296,9 +317,9 @@ func expensive(req any) bool {
 	return false
 }
 
-func expensiveRange(r *pb.RangeRequest) bool {
-	return len(r.RangeEnd) > 0 && (r.Limit <= 0 || r.Limit > expensiveRangeLimit)
-}
+// expensiveRange: a range over more than one key, which etcd and the cache walk whole to
+// count it, whatever its limit.
+func expensiveRange(r *pb.RangeRequest) bool { return len(r.RangeEnd) > 0 }
 
 // expensiveTxn looks in both branches: which one runs is only known when it runs.
 func expensiveTxn(t *pb.TxnRequest) bool {
@@ -315,104 +336,8 @@ func expensiveTxn(t *pb.TxnRequest) bool {
 	return false
 }
 
-// identity names the client of the call ctx (see Protection); tokens tells whether etcd's auth
-// is on, so that tokens identify clients.
-func identity(ctx context.Context, tokens bool) string {
-	p, _ := peer.FromContext(ctx)
-	if p != nil {
-		if cn := certName(p.AuthInfo); cn != "" {
-			return "cn:" + bounded(cn)
-		}
-	}
-	if tokens {
-		if tok := authToken(ctx); tok != "" {
-			return "token:" + digest(tok)
-		}
-	}
-	if p != nil && p.Addr != nil {
-		return "addr:" + bounded(hostOf(p.Addr))
-	}
-	return "unknown"
-}
-
-// certName is the Common Name of the TLS client certificate, if any: the leaf of the first
-// verified chain, else the first certificate presented.
-func certName(ai credentials.AuthInfo) string {
-	info, ok := ai.(credentials.TLSInfo)
-	if !ok {
-		return ""
-	}
-	st := info.State
-	if len(st.VerifiedChains) > 0 && len(st.VerifiedChains[0]) > 0 {
-		return st.VerifiedChains[0][0].Subject.CommonName
-	}
-	if len(st.PeerCertificates) > 0 {
-		return st.PeerCertificates[0].Subject.CommonName
-	}
-	return ""
-}
-
-// authToken is the call's etcd auth token, found where etcd looks for it.
-func authToken(ctx context.Context) string {
-	md, _ := metadata.FromIncomingContext(ctx)
-	v := md.Get(rpctypes.TokenFieldNameGRPC)
-	if len(v) == 0 {
-		v = md.Get(rpctypes.TokenFieldNameSwagger)
-	}
-	if len(v) == 0 {
-		return ""
-	}
-	return strings.TrimPrefix(v[0], "Bearer ")
-}
-
-// hostOf is addr's IP address (IPv4-mapped IPv6 as IPv4), or addr as a whole if it has none.
-func hostOf(addr net.Addr) string {
-	var ap netip.AddrPort
-	if tcp, ok := addr.(*net.TCPAddr); ok {
-		ap = tcp.AddrPort()
-	} else if parsed, err := netip.ParseAddrPort(addr.String()); err == nil {
-		ap = parsed
-	}
-	if !ap.Addr().IsValid() {
-		return addr.String()
-	}
-	return ap.Addr().Unmap().WithZone("").String()
-}
-
-// maxNameBytes bounds the names kept as identities; longer ones are kept as a digest.
-const maxNameBytes = 128
-
-func bounded(name string) string {
-	if len(name) <= maxNameBytes {
-		return name
-	}
-	return "#" + digest(name)
-}
-
-// digest is a short hash of s, for names too long (or too secret) to keep.
-func digest(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:16])
-}
-
-// maxClients bounds the identities a replica keeps state for.
+// maxClients bounds the identities a replica keeps state for, and the tokens it knows.
 const maxClients = 100_000
-
-// clientShards splits the client table so concurrent requests rarely wait on one lock.
-const clientShards = 16
-
-// clientTable is the per-identity state, at most size identities, least recently used
-// dropped first. It is safe for concurrent use.
-type clientTable struct {
-	seed      maphash.Seed
-	newClient func() *client
-	shards    [clientShards]clientShard
-}
-
-type clientShard struct {
-	mu  sync.Mutex
-	lru *simplelru.LRU[string, *client] // guarded by mu
-}
 
 // client is one identity's state.
 type client struct {
@@ -420,39 +345,4 @@ type client struct {
 	expensive atomic.Int64  // expensive requests in flight
 }
 
-func newClientTable(size int, newClient func() *client) *clientTable {
-	t := &clientTable{seed: maphash.MakeSeed(), newClient: newClient}
-	for i := range t.shards {
-		lru, err := simplelru.NewLRU[string, *client](max(1, size/clientShards), nil)
-		if err != nil {
-			panic(err) // only for a size under 1
-		}
-		t.shards[i].lru = lru
-	}
-	return t
-}
-
-// get returns id's state, creating it if the table has none.
-func (t *clientTable) get(id string) *client {
-	sh := &t.shards[maphash.String(t.seed, id)%clientShards]
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	c, ok := sh.lru.Get(id)
-	if !ok {
-		c = t.newClient()
-		sh.lru.Add(id, c)
-	}
-	return c
-}
-
-// len is how many identities the table holds.
-func (t *clientTable) len() int {
-	n := 0
-	for i := range t.shards {
-		sh := &t.shards[i]
-		sh.mu.Lock()
-		n += sh.lru.Len()
-		sh.mu.Unlock()
-	}
-	return n
-}
+// knownTokens is the set of tokens, by digest, that etcd accepted while its auth was on. It

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -27,7 +28,7 @@ import (
 
 // The protection tier against a real replica, member and event log. Clients of one test differ
 // by their loopback source address (127.0.0.2, 127.0.0.3, ...): etcd's auth is off, so tokens
-// do not tell clients apart.
+// do not tell clients apart, except in TestProtectAuthTokens.
 
 // protectedGateway runs a replica with protection p and returns a client of it, the parts
 // behind it, and the reader of its metrics.
@@ -188,5 +189,113 @@ func TestProtectOffByDefault(t *testing.T) {
 	}
 	if got := rejected(t, reader); len(got) != 0 {
 		t.Errorf("rejected %v, want none", got)
+	}
+}
+
+// rawConnFrom returns a plain gRPC connection to endpoint from the loopback address ip: unlike
+// clientv3's, its calls are not retried (clientv3 retries a call refused for an invalid token,
+// up to 100 times).
+func rawConnFrom(t *testing.T, endpoint, ip string) *grpc.ClientConn {
+	t.Helper()
+	dial := func(ctx context.Context, addr string) (net.Conn, error) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	conn, err := grpc.NewClient(strings.TrimPrefix(endpoint, "http://"),
+		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(dial))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// TestProtectAuthTokens runs the tier in front of a member with etcd's auth on. A made-up
+// token, which etcd refuses, does not escape its address's allowance; a real user's token,
+// once etcd has accepted it, gets an allowance of its own.
+func TestProtectAuthTokens(t *testing.T) {
+	ctx := testenv.Context(t, time.Minute)
+	parts := newParts(t, ctx)
+	admin := parts.member // without credentials: auth is off until the last step
+	for _, step := range []func() error{
+		func() error { _, err := admin.RoleAdd(ctx, "root"); return err },
+		func() error { _, err := admin.UserAdd(ctx, "root", "secret"); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := admin.RoleAdd(ctx, "reader"); return err },
+		func() error {
+			_, err := admin.RoleGrantPermission(ctx, "reader", "k", "", clientv3.PermissionType(clientv3.PermRead))
+			return err
+		},
+		func() error { _, err := admin.UserAdd(ctx, "alice", "alice's secret"); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, "alice", "reader"); return err },
+		func() error { _, err := admin.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The replica serves no Auth service: clients authenticate with etcd itself.
+	auth, err := admin.Authenticate(ctx, "alice", "alice's secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No ingest: it would need root's credentials, and every read here passes through.
+	reader := sdkmetric.NewManualReader()
+	_, cli := parts.runGateway(t, ctx, func(o *gateway.Options) {
+		o.Protection = gateway.Protection{RequestsPerSecond: 0.001, Burst: 2}
+		o.Meter = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)).Meter("")
+	})
+
+	// A watch from now takes a revision probe, which finds etcd's auth on (and refuses the
+	// watch, which has no credentials): from then on, tokens may identify clients.
+	ws, err := pb.NewWatchClient(cli.ActiveConnection()).Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ws.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{Key: []byte("k")}}}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := ws.Recv(); err != nil || !resp.Canceled {
+		t.Fatalf("watch without credentials: got %v, %v; want it refused", resp, err)
+	}
+
+	kv := pb.NewKVClient(rawConnFrom(t, cli.Endpoints()[0], "127.0.0.2"))
+	get := func(token string) error {
+		c := ctx
+		if token != "" {
+			c = metadata.AppendToOutgoingContext(ctx, rpctypes.TokenFieldNameGRPC, token)
+		}
+		_, err := kv.Range(c, &pb.RangeRequest{Key: []byte("k")})
+		return err
+	}
+	tooMany := func(err error) bool {
+		return status.Code(err) == codes.ResourceExhausted && rpctypes.ErrorDesc(err) == "etcdserver: too many requests"
+	}
+
+	// alice's first read is charged to her address (2 left, then 1); etcd accepts her token.
+	if err := get(auth.Token); err != nil {
+		t.Fatalf("alice's first read: %v", err)
+	}
+	// Made-up tokens, from the same address: etcd refuses them, and they spend the address's
+	// allowance, not fresh ones.
+	if err := get("made.up.0"); status.Code(err) != codes.Unauthenticated || rpctypes.ErrorDesc(err) != "etcdserver: invalid auth token" {
+		t.Fatalf("read with a made-up token: got %v, want etcd's %v", err, rpctypes.ErrGRPCInvalidAuthToken)
+	}
+	for _, token := range []string{"made.up.1", "made.up.0", ""} {
+		if err := get(token); !tooMany(err) {
+			t.Fatalf("read with token %q past the address's burst: got %v, want %v", token, err, rpctypes.ErrGRPCRequestTooManyRequests)
+		}
+	}
+	// alice's token has an allowance of its own.
+	for i := range 2 {
+		if err := get(auth.Token); err != nil {
+			t.Fatalf("alice's read %d, her address refused: %v", i+1, err)
+		}
+	}
+	if err := get(auth.Token); !tooMany(err) {
+		t.Fatalf("alice's read past her token's burst: got %v, want %v", err, rpctypes.ErrGRPCRequestTooManyRequests)
+	}
+	if diff := cmp.Diff(map[string]int64{"rate": 4}, rejected(t, reader)); diff != "" {
+		t.Errorf("rejected (-want +got):\n%s", diff)
 	}
 }

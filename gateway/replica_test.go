@@ -5,9 +5,11 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/watchgate/watchgate/eventlog"
 	"github.com/watchgate/watchgate/gateway"
@@ -53,7 +55,13 @@ func (p *parts) runIngest(t *testing.T, ctx context.Context) (ing *ingest.Ingest
 // runGateway serves a gateway replica on a free loopback port and returns a client of it.
 func (p *parts) runGateway(t *testing.T, ctx context.Context, edit func(*gateway.Options)) (*gateway.Server, *clientv3.Client) {
 	t.Helper()
-	o := gateway.Options{Member: p.member, JetStream: p.js}
+	member, err := clientv3.New(clientv3.Config{Endpoints: p.member.Endpoints(), DialTimeout: 10 * time.Second,
+		Logger: zap.NewNop(), MaxUnaryRetries: 1}) // as gateway.Options.Member asks
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { member.Close() })
+	o := gateway.Options{Member: member, JetStream: p.js}
 	if edit != nil {
 		edit(&o)
 	}

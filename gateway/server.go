@@ -26,7 +26,10 @@ type Options struct {
 	// Member is a client of the etcd member cluster that writes, reads and leases pass through
 	// to. Required. It must not carry credentials of its own (Username/Password): callers'
 	// auth tokens are forwarded with each call, and a connection-level token would be sent
-	// first and lend every caller the gateway's identity.
+	// first and lend every caller the gateway's identity. Build it with MaxUnaryRetries: 1:
+	// clientv3 otherwise retries a call up to 100 times (an invalid token among the errors it
+	// retries), so one client's bad call would cost etcd a hundred; the caller retries as it
+	// sees fit.
 	Member *clientv3.Client
 	// JetStream reaches the event log. Required.
 	JetStream jetstream.JetStream

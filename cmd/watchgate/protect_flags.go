@@ -18,7 +18,7 @@ type protectionFlags struct {
 func (f *protectionFlags) register(fs *flag.FlagSet) {
 	fs.Float64Var(&f.rate, "rate-limit", 0, "requests per second one client may make (each unary call and each stream opened counts one); past it etcd's \"too many requests\" error; 0 for no limit")
 	fs.IntVar(&f.burst, "rate-limit-burst", 0, "requests one client may make at once beyond --rate-limit (default: --rate-limit rounded up)")
-	fs.IntVar(&f.maxExpensive, "max-concurrent-expensive", 0, "expensive requests (multi-key ranges with no limit or a limit over 1000, and txns holding one) one client may have in flight; 0 for no limit")
+	fs.IntVar(&f.maxExpensive, "max-concurrent-expensive", 0, "expensive requests (ranges over more than one key, whatever their limit, and txns holding one) one client may have in flight; 0 for no limit")
 	fs.Int64Var(&f.maxResponseBytes, "max-range-response-bytes", 0, "largest range response in `bytes`; a larger one fails, telling the client to page with limit; 0 for no limit")
 }
 

@@ -30,7 +30,10 @@ func (f *upstreamFlags) connect(name string, lg *slog.Logger) (*upstream, error)
 	if u.Member, err = clientv3.New(clientv3.Config{
 		Endpoints:   eps,
 		DialTimeout: 5 * time.Second,
-		Logger:      zapLogger(lg.With("component", "etcd-client"), zapcore.WarnLevel, nil),
+		// One attempt per call: what a gateway passes through is its client's call, retried by
+		// that client if it wants; a bad token retried here would cost etcd a hundred attempts.
+		MaxUnaryRetries: 1,
+		Logger:          zapLogger(lg.With("component", "etcd-client"), zapcore.WarnLevel, nil),
 	}); err != nil {
 		return nil, fmt.Errorf("etcd client: %w", err)
 	}

@@ -132,6 +132,7 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	}
 	if st.Member, err = clientv3.New(clientv3.Config{
 		Endpoints: endpoints, DialTimeout: 10 * time.Second, Logger: zap.NewNop(),
+		MaxUnaryRetries: 1, // see gateway.Options.Member
 	}); err != nil {
 		return nil, fmt.Errorf("stack: etcd client: %w", err)
 	}
