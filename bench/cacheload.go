@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/procfs"
 
 	"github.com/watchgate/watchgate/eventlog"
@@ -139,19 +137,11 @@ func (s CacheLoad) measure(ctx context.Context, r *runner, d *deployment, v map[
 // awaitLogged waits until the watchgate tier's event log holds every revision from first to
 // last.
 func awaitLogged(ctx context.Context, r *runner, d *deployment, first, last int64) error {
-	nc, err := nats.Connect(d.tier.ready.NATS)
+	log, closeLog, err := bindLog(ctx, d.tier.ready.NATS)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	log, err := eventlog.Bind(ctx, js, eventlog.Config{})
-	if err != nil {
-		return err
-	}
+	defer closeLog()
 	var b eventlog.Bounds
 	var berr error
 	err = r.await(ctx, "event log revisions", func() int64 {

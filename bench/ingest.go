@@ -178,19 +178,11 @@ func (s Ingest) follow(ctx context.Context, d *deployment, clk clock, from int64
 // followLog reads the event log of the watchgate target from revision from. A revision's time
 // is when the NATS server stored it.
 func followLog(ctx context.Context, natsURL string, clk clock, from int64, fn func(rev int64, at time.Duration, events []*mvccpb.Event)) error {
-	nc, err := nats.Connect(natsURL)
+	log, closeLog, err := bindLog(ctx, natsURL)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	log, err := eventlog.Bind(ctx, js, eventlog.Config{})
-	if err != nil {
-		return err
-	}
+	defer closeLog()
 	cur, err := log.Follow(ctx, from, 0)
 	if err != nil {
 		return err
@@ -206,4 +198,21 @@ func followLog(ctx context.Context, natsURL string, clk clock, from int64, fn fu
 		}
 		fn(e.Rev, e.Stored.Sub(clk.base), e.Events)
 	}
+}
+
+// bindLog connects to the event log of the watchgate tier at natsURL; closeFn disconnects.
+func bindLog(ctx context.Context, natsURL string) (log *eventlog.Log, closeFn func(), err error) {
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err == nil {
+		log, err = eventlog.Bind(ctx, js, eventlog.Config{})
+	}
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return log, nc.Close, nil
 }

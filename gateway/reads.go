@@ -132,13 +132,7 @@ func (s *Server) answer(ctx context.Context, ks *cache.Keyspace, r *pb.RangeRequ
 		return resp, true, nil
 	}
 	if s.hub.responses == nil {
-		resp, at, ok := s.evaluate(ks, r)
-		if !ok {
-			return nil, false, nil
-		}
-		resp.Header = s.header(at)
-		s.countCached(ctx, false)
-		return resp, true, nil
+		return s.computed(ctx, ks, r)
 	}
 
 	id := responseID(r)
@@ -167,19 +161,24 @@ func (s *Server) answer(ctx context.Context, ks *cache.Keyspace, r *pb.RangeRequ
 	}
 	if e.ok && e.rev < minRev {
 		// Computed by a request that began before this one and read an older revision.
-		resp, at, ok := s.evaluate(ks, r)
-		if !ok {
-			return nil, false, nil
-		}
-		resp.Header = s.header(at)
-		s.countCached(ctx, false)
-		return resp, true, nil
+		return s.computed(ctx, ks, r)
 	}
 	if !e.ok {
 		return nil, false, nil
 	}
 	s.countCached(ctx, false)
 	return bodyResponse(s.header(e.rev), e.body), true, nil
+}
+
+// computed answers r from ks without the response cache.
+func (s *Server) computed(ctx context.Context, ks *cache.Keyspace, r *pb.RangeRequest) (*pb.RangeResponse, bool, error) {
+	resp, at, ok := s.evaluate(ks, r)
+	if !ok {
+		return nil, false, nil
+	}
+	resp.Header = s.header(at)
+	s.countCached(ctx, false)
+	return resp, true, nil
 }
 
 // encoded is a range response computed once for identical concurrent requests.
