@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -87,10 +88,18 @@ func (s WatchIdle) measure(ctx context.Context, r *runner, d *deployment, v map[
 	profiled := r.profile(ctx, d, "")
 	rss0, _ := m.rss()
 
+	// Each stream creates its watchers one after another (clientv3 waits for a create's answer
+	// before the next on its stream), all streams at once, as a large client's goroutines do.
 	start := time.Now()
-	for i := range s.Watchers {
-		ws.watch(wctx, i, fmt.Sprintf("bench/idle/%08d", i), nil, func(clientv3.WatchResponse) {})
+	var creating sync.WaitGroup
+	for j := range min(s.Streams, s.Watchers) {
+		creating.Go(func() {
+			for i := j; i < s.Watchers; i += s.Streams {
+				ws.watch(wctx, i, fmt.Sprintf("bench/idle/%08d", i), nil, func(clientv3.WatchResponse) {})
+			}
+		})
 	}
+	creating.Wait()
 	err = r.await(ctx, "watchers created", ws.created.get, int64(s.Streams+s.Watchers))
 	elapsed := time.Since(start)
 	profiled()
