@@ -57,10 +57,10 @@ func (s *Server) ReadStats() ReadStats {
 // (etcd checks permissions) or requiring a leader (etcd checks it has one), and all of them
 // while the member's auth is on, the cache is being built, or the replica has lost its event
 // log or member connection (its cache no longer advances). Whether auth is on is known from
-// the probe, which reads without credentials: a serializable read takes a probe first if the
-// last successful one is older than LeaderCheckInterval. Multi-key ranges go through the response cache: identical requests reuse one
-// encoded response while no event touches their range, and identical requests arriving
-// together are computed once.
+// reads made without credentials: the probe, and for a serializable read a serializable one
+// of its own (shared) when the last answer is older than LeaderCheckInterval. Multi-key ranges
+// go through the response cache: identical requests reuse one encoded response while no event
+// touches their range, and identical requests arriving together are computed once.
 
 // rangeCached answers r from the cache if it can; handled false means the caller passes r
 // through to the member.
