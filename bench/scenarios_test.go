@@ -98,7 +98,9 @@ func TestWatchFanoutSmoke(t *testing.T) {
 func TestWatchIdleSmoke(t *testing.T) {
 	rep := runSmoke(t, WatchIdle{Watchers: 50, Streams: 5, Conns: 2})
 	wantValue(t, rep, "watchers", 50)
-	wantPositive(t, rep, "create_s", "creates_per_s", "cpu_s")
+	// No CPU figure: 50 creates take a few milliseconds, below the kernel's 10 ms CPU tick
+	// (the fan-out smoke test covers the meter).
+	wantPositive(t, rep, "create_s", "creates_per_s")
 	for _, row := range rep.Rows {
 		if _, ok := row.Values["heap_per_watcher_b"]; !ok {
 			t.Errorf("%s: no heap figure", row.Target)
