@@ -173,6 +173,7 @@ type Server struct {
 	flight    singleflight.Group // identical range requests computed once
 	authCheck singleflight.Group // serializable reads asking whether auth is on
 	reads     readCounters
+	drain     drainer // ends the watch streams when the replica leaves
 	// authFree is when (Unix ns) the member last answered a read without credentials: auth
 	// was off. Reads are served from the cache only while this is recent.
 	authFree atomic.Int64
@@ -224,6 +225,7 @@ func (s *Server) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 		grpc.MaxConcurrentStreams(math.MaxUint32),
 		grpc.WriteBufferSize(256 << 10),
 		grpc.SharedWriteBuffer(true),
+		grpc.ChainStreamInterceptor(s.drainStreams),
 	}, s.protection()...), opts...)
 	g := grpc.NewServer(opts...)
 	s.Register(g)
@@ -265,10 +267,10 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 // Ready reports whether the replica has caught up with the event log as it stood at startup
-// and, unless it is disabled, loaded its keyspace cache once.
+// and, unless it is disabled, loaded its keyspace cache once, and is not draining.
 func (s *Server) Ready() bool {
 	_, ready := s.hub.status()
-	return ready && (s.o.CacheMaxBytes <= 0 || s.hub.loaded.Load())
+	return ready && (s.o.CacheMaxBytes <= 0 || s.hub.loaded.Load()) && !s.draining()
 }
 
 // Applied is the last revision the replica has applied from the event log.

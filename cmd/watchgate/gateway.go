@@ -15,11 +15,13 @@ import (
 )
 
 const gatewayDescription = `Runs one gateway replica: it serves etcd's v3 gRPC API on --listen-client, answering watches
-from the event log (the JetStream stream --stream on --nats-url) and passing writes, reads and
-leases through to the etcd cluster at --etcd-endpoints. Run as many replicas as you like behind a
-load balancer; they share one revision space. /healthz, /readyz (caught up with the log) and
-/metrics are on --listen-http. On SIGINT or SIGTERM it stops taking new calls and gives those in
-flight --shutdown-timeout to finish.`
+from the event log (the JetStream stream --stream on --nats-url) and reads from its keyspace
+cache, and passing writes and leases through to the etcd cluster at --etcd-endpoints. Run as
+many replicas as you like behind a load balancer; they share one revision space. /healthz,
+/readyz (caught up with the log, cache loaded) and /metrics are on --listen-http. On SIGINT or
+SIGTERM it drains: /readyz fails, streams end with an error etcd clients retry on another
+replica (watchers resume where they were), and unary calls in flight get --shutdown-timeout to
+finish.`
 
 // gatewayCmd is `watchgate gateway`.
 type gatewayCmd struct {
@@ -38,7 +40,7 @@ func (c *gatewayCmd) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.listenClient, "listen-client", "127.0.0.1:2379", "`host:port` where the gateway serves etcd's gRPC API")
 	fs.StringVar(&c.listenHTTP, "listen-http", "127.0.0.1:9379", "`host:port` serving /healthz, /readyz and /metrics, or off")
 	c.gateway.register(fs)
-	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "on a signal, how long calls and watch streams in flight get to finish before they are cut (`duration`)")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "on a signal, how long unary calls in flight get to finish before they are cut; streams end at once with an error clients retry elsewhere (`duration`)")
 	c.out.register(fs)
 }
 
@@ -103,6 +105,8 @@ func (c *gatewayCmd) run(ctx context.Context, _, stderr io.Writer) error {
 		lg.Error("gateway failed; shutting down", "err", err)
 	}
 	shutdownHTTP(hs)
+	// Watch streams end at once with a code clients retry elsewhere; unary calls finish.
+	srv.Drain()
 	if !gracefulStop(g, c.shutdownTimeout) {
 		lg.Warn("calls still in flight after the shutdown timeout were cut")
 	}

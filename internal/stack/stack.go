@@ -217,6 +217,7 @@ func (st *Stack) Close() {
 			st.http.Close()
 		}
 		if st.grpc != nil {
+			st.Gateway.Drain() // watch streams end with a code clients retry
 			st.grpc.Stop()
 		}
 		if st.cancel != nil {
