@@ -70,7 +70,8 @@ func (s *Server) healthy() bool {
 	return true
 }
 
-// monitorLeader checks the replica's health every interval until ctx ends.
+// monitorLeader checks the replica's health, and whether etcd's auth is on, every interval
+// until ctx ends.
 func (s *Server) monitorLeader(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -80,6 +81,11 @@ func (s *Server) monitorLeader(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if time.Since(time.Unix(0, s.authFree.Load())) >= interval {
+			// Keep knowing whether etcd's auth is on, which decides whether watches are
+			// checked with etcd (watchAuth) even when no read has asked lately.
+			go s.checkAuth(ctx)
 		}
 		if s.healthy() {
 			failed = 0

@@ -312,6 +312,12 @@ func (st *watchStream) create(cr *pb.WatchCreateRequest) {
 		st.reject(rpctypes.ErrCompacted.Error())
 		return
 	}
+	// As etcd, permission before the range's validity.
+	reason, checked, rev := s.watchAuth(st.ctx, key, cr.RangeEnd, cr.StartRevision == 0)
+	if reason != "" {
+		st.reject(reason)
+		return
+	}
 	if len(end) != 0 && bytes.Compare(key, end) >= 0 {
 		st.reject(mvcc.ErrEmptyWatcherRange.Error())
 		return
@@ -322,10 +328,12 @@ func (st *watchStream) create(cr *pb.WatchCreateRequest) {
 	if start == 0 {
 		// "From now" means after etcd's current revision, read linearizably, so a client that
 		// wrote at revision R and then watches does not receive R.
-		rev, err := s.currentRevision(st.ctx)
-		if err != nil {
-			st.reject(rpctypes.ErrorDesc(err))
-			return
+		if !checked {
+			var err error
+			if rev, err = s.currentRevision(st.ctx); err != nil {
+				st.reject(rpctypes.ErrorDesc(err))
+				return
+			}
 		}
 		start, headerRev = rev+1, rev
 	}
