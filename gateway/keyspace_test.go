@@ -100,6 +100,7 @@ func TestCachePrefixes(t *testing.T) {
 	p := newParts(t, ctx)
 	p.runIngest(t, ctx)
 	srv, cli := p.runGateway(t, ctx, func(o *gateway.Options) { o.CachePrefixes = []string{"in/"} })
+	waitReady(ctx, t, srv) // the cache loaded: until then every read passes through
 	for _, k := range []string{"in/a", "in/b", "out/a"} {
 		if _, err := cli.Put(ctx, k, k); err != nil {
 			t.Fatal(err)
@@ -164,6 +165,7 @@ func TestCachePassesCredentialsThrough(t *testing.T) {
 	p := newParts(t, ctx)
 	p.runIngest(t, ctx)
 	srv, cli := p.runGateway(t, ctx, nil)
+	waitReady(ctx, t, srv) // the cache loaded: the reads could be answered from it
 	if _, err := cli.Put(ctx, "k", "v"); err != nil {
 		t.Fatal(err)
 	}
