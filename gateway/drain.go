@@ -16,53 +16,60 @@ import (
 // GracefulStop waits for them), and the replica reports not ready, so the balancer stops
 // sending it new ones.
 
-// drainer ends the replica's streams when it drains.
-type drainer struct {
-	mu       sync.Mutex
-	draining bool
-	streams  map[*context.CancelCauseFunc]struct{}
+// streamSet is a set of open streams, each ended by canceling its context with a cause. Once
+// closed it refuses new ones. The require-leader streams are one, every stream (for Drain)
+// another.
+type streamSet struct {
+	mu      sync.Mutex
+	closed  bool
+	streams map[*context.CancelCauseFunc]struct{}
 }
 
-// add registers a stream's cancel; it returns nil, refusing the stream, once draining.
-// remove unregisters it.
-func (d *drainer) add(cancel context.CancelCauseFunc) (remove func()) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.draining {
+// add registers a stream's cancel and returns the function that removes it, or nil, refusing
+// the stream, once the set is closed.
+func (ss *streamSet) add(cancel context.CancelCauseFunc) (remove func()) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.closed {
 		return nil
 	}
-	if d.streams == nil {
-		d.streams = make(map[*context.CancelCauseFunc]struct{})
+	if ss.streams == nil {
+		ss.streams = make(map[*context.CancelCauseFunc]struct{})
 	}
-	d.streams[&cancel] = struct{}{}
+	ss.streams[&cancel] = struct{}{}
 	return func() {
-		d.mu.Lock()
-		delete(d.streams, &cancel)
-		d.mu.Unlock()
+		ss.mu.Lock()
+		delete(ss.streams, &cancel)
+		ss.mu.Unlock()
 	}
+}
+
+// cancelAll ends every stream with cause, and closes the set if close is set.
+func (ss *streamSet) cancelAll(cause error, close bool) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.closed = ss.closed || close
+	for c := range ss.streams {
+		(*c)(cause)
+	}
+	clear(ss.streams)
+}
+
+// isClosed reports whether the set was closed.
+func (ss *streamSet) isClosed() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.closed
 }
 
 // Drain ends every stream of the replica with etcd's "server stopped" error and refuses new
 // ones, and makes Ready report false. Call it before stopping the grpc.Server gracefully, which
 // then waits only for unary calls in flight. Streams are tracked by the interceptor
 // NewGRPCServer installs; a grpc.Server built elsewhere and given to Register is not drained.
-func (s *Server) Drain() {
-	d := &s.drain
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.draining = true
-	for c := range d.streams {
-		(*c)(rpctypes.ErrGRPCStopped)
-	}
-	clear(d.streams)
-}
+func (s *Server) Drain() { s.drain.cancelAll(rpctypes.ErrGRPCStopped, true) }
 
 // draining reports whether Drain was called.
-func (s *Server) draining() bool {
-	s.drain.mu.Lock()
-	defer s.drain.mu.Unlock()
-	return s.drain.draining
-}
+func (s *Server) draining() bool { return s.drain.isClosed() }
 
 // drainStreams is the stream interceptor that lets Drain end a stream: the handler sees a
 // context Drain cancels, and the client gets the "server stopped" error whatever the handler

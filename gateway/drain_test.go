@@ -3,8 +3,6 @@ package gateway_test
 import (
 	"context"
 	"fmt"
-	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,7 +11,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -21,13 +18,21 @@ import (
 	"github.com/watchgate/watchgate/internal/testenv"
 )
 
-// replica is a gateway replica the test stops itself.
+// replica is a gateway replica and the reader of its metrics.
 type replica struct {
 	srv      *gateway.Server
-	g        *grpc.Server
 	endpoint string
-	stop     func()
 	metrics  *sdkmetric.ManualReader
+}
+
+func startReplica(t *testing.T, ctx context.Context, p *parts) *replica {
+	t.Helper()
+	reader := sdkmetric.NewManualReader()
+	srv, cli := p.runGateway(t, ctx, func(o *gateway.Options) {
+		o.Meter = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)).Meter("")
+	})
+	waitReady(ctx, t, srv)
+	return &replica{srv: srv, endpoint: cli.Endpoints()[0], metrics: reader}
 }
 
 // watchStreams reads the replica's open watch streams gauge.
@@ -48,31 +53,6 @@ func (r *replica) watchStreams(t *testing.T) int64 {
 		}
 	}
 	return n
-}
-
-func startReplica(t *testing.T, ctx context.Context, p *parts) *replica {
-	t.Helper()
-	reader := sdkmetric.NewManualReader()
-	srv, err := gateway.New(gateway.Options{Member: p.member, JetStream: p.js,
-		Meter: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)).Meter("")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := srv.NewGRPCServer()
-	runCtx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = g.Serve(lis) })
-	wg.Go(func() { _ = srv.Run(runCtx) })
-	var once sync.Once
-	r := &replica{srv: srv, g: g, endpoint: "http://" + lis.Addr().String(), metrics: reader}
-	r.stop = func() { once.Do(func() { g.Stop(); cancel(); wg.Wait() }) }
-	t.Cleanup(r.stop)
-	waitReady(ctx, t, srv)
-	return r
 }
 
 // TestDrainMovesWatchesToAnotherReplica drains the replica a client watches through while a

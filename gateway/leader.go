@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,9 +23,7 @@ const noLeaderChecks = 3
 // leaderMonitor tracks the replica's health and the require-leader streams.
 type leaderMonitor struct {
 	leaderless atomic.Bool
-
-	mu      sync.Mutex
-	streams map[*context.CancelCauseFunc]struct{}
+	streams    streamSet // the require-leader streams
 }
 
 // requiresLeader reports whether the stream's client asked for a leader (clientv3's
@@ -38,22 +35,6 @@ func requiresLeader(ctx context.Context) bool {
 	}
 	ks := md[rpctypes.MetadataRequireLeaderKey]
 	return len(ks) > 0 && ks[0] == rpctypes.MetadataHasLeader
-}
-
-// register adds a require-leader stream, whose cancel ends it with a cause; the returned
-// function removes it.
-func (l *leaderMonitor) register(cancel context.CancelCauseFunc) func() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.streams == nil {
-		l.streams = make(map[*context.CancelCauseFunc]struct{})
-	}
-	l.streams[&cancel] = struct{}{}
-	return func() {
-		l.mu.Lock()
-		delete(l.streams, &cancel)
-		l.mu.Unlock()
-	}
 }
 
 // healthy reports whether the replica has a live event log and member connection.
@@ -95,12 +76,7 @@ func (s *Server) monitorLeader(ctx context.Context, interval time.Duration) {
 		failed++
 		s.leader.leaderless.Store(true)
 		if failed >= noLeaderChecks {
-			s.leader.mu.Lock()
-			for c := range s.leader.streams {
-				(*c)(rpctypes.ErrGRPCNoLeader)
-			}
-			clear(s.leader.streams)
-			s.leader.mu.Unlock()
+			s.leader.streams.cancelAll(rpctypes.ErrGRPCNoLeader, false)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -21,15 +22,23 @@ import (
 // serializable, sees part of a transaction; writes that bypass the gateways reach their
 // caches; and identical lists are answered from the response cache without reaching etcd.
 
+// twoReplicas runs a deployment with two gateway replicas, ready, and returns its parts and
+// each replica with a client of it.
+func twoReplicas(t *testing.T, ctx context.Context) (p *parts, srvA *gateway.Server, a *clientv3.Client, srvB *gateway.Server, b *clientv3.Client) {
+	t.Helper()
+	p = newParts(t, ctx)
+	p.runIngest(t, ctx)
+	srvA, a = p.runGateway(t, ctx, nil)
+	srvB, b = p.runGateway(t, ctx, nil)
+	waitReady(ctx, t, srvA, srvB)
+	return p, srvA, a, srvB, b
+}
+
 // TestLinearizableAcrossReplicas writes through one replica (or etcd directly) and at once
 // reads linearizably through another, thousands of times: every read sees its write.
 func TestLinearizableAcrossReplicas(t *testing.T) {
 	ctx := testenv.Context(t, 2*time.Minute)
-	p := newParts(t, ctx)
-	p.runIngest(t, ctx)
-	srvA, a := p.runGateway(t, ctx, nil)
-	srvB, b := p.runGateway(t, ctx, nil)
-	waitReady(ctx, t, srvA, srvB)
+	p, srvA, a, srvB, b := twoReplicas(t, ctx)
 
 	type path struct {
 		name        string
@@ -98,11 +107,7 @@ func TestLinearizableAcrossReplicas(t *testing.T) {
 // back in revision.
 func TestNoTornTxn(t *testing.T) {
 	ctx := testenv.Context(t, 2*time.Minute)
-	p := newParts(t, ctx)
-	p.runIngest(t, ctx)
-	srvA, a := p.runGateway(t, ctx, nil)
-	srvB, b := p.runGateway(t, ctx, nil)
-	waitReady(ctx, t, srvA, srvB)
+	p, srvA, a, srvB, b := twoReplicas(t, ctx)
 
 	const n, txns, maxReads = 6, 500, 20000
 	keys := make([]string, n)

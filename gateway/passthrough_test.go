@@ -201,17 +201,8 @@ func TestPassthroughAuthToken(t *testing.T) {
 	defer cancel()
 	e := testenv.Etcd(t)
 	admin := testenv.Client(t, e.Endpoint)
-	for _, step := range []func() error{
-		func() error { _, err := admin.RoleAdd(ctx, "root"); return err },
-		func() error { _, err := admin.UserAdd(ctx, "root", "secret"); return err },
-		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
-		func() error { _, err := admin.AuthEnable(ctx); return err },
-	} {
-		if err := step(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	auth, err := admin.Authenticate(ctx, "root", "secret")
+	testenv.EnableAuth(ctx, t, admin)
+	auth, err := admin.Authenticate(ctx, "root", testenv.RootPassword)
 	if err != nil {
 		t.Fatal(err)
 	}

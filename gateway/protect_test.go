@@ -199,23 +199,7 @@ func TestProtectAuthTokens(t *testing.T) {
 	ctx := testenv.Context(t, time.Minute)
 	parts := newParts(t, ctx)
 	admin := parts.member // without credentials: auth is off until the last step
-	for _, step := range []func() error{
-		func() error { _, err := admin.RoleAdd(ctx, "root"); return err },
-		func() error { _, err := admin.UserAdd(ctx, "root", "secret"); return err },
-		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
-		func() error { _, err := admin.RoleAdd(ctx, "reader"); return err },
-		func() error {
-			_, err := admin.RoleGrantPermission(ctx, "reader", "k", "", clientv3.PermissionType(clientv3.PermRead))
-			return err
-		},
-		func() error { _, err := admin.UserAdd(ctx, "alice", "alice's secret"); return err },
-		func() error { _, err := admin.UserGrantRole(ctx, "alice", "reader"); return err },
-		func() error { _, err := admin.AuthEnable(ctx); return err },
-	} {
-		if err := step(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	testenv.EnableAuth(ctx, t, admin, testenv.Reader{Name: "alice", Password: "alice's secret", Key: "k"})
 	// The replica serves no Auth service: clients authenticate with etcd itself.
 	auth, err := admin.Authenticate(ctx, "alice", "alice's secret")
 	if err != nil {

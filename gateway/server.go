@@ -173,7 +173,7 @@ type Server struct {
 	flight    singleflight.Group // identical range requests computed once
 	authCheck singleflight.Group // serializable reads asking whether auth is on
 	reads     readCounters
-	drain     drainer // ends the watch streams when the replica leaves
+	drain     streamSet // every stream, ended (and new ones refused) when the replica drains
 	// authFree is when (Unix ns) the member last answered a read without credentials: auth
 	// was off. Reads are served from the cache only while this is recent.
 	authFree atomic.Int64

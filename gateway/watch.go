@@ -35,7 +35,7 @@ func (ws *watchServer) Watch(srv pb.Watch_WatchServer) error {
 		if s.leader.leaderless.Load() {
 			return rpctypes.ErrGRPCNoLeader
 		}
-		defer s.leader.register(cancelCause)()
+		defer s.leader.streams.add(cancelCause)()
 	}
 	st := &watchStream{
 		srv:      srv,

@@ -26,24 +26,8 @@ func TestWatchPermissions(t *testing.T) {
 	ctx := testenv.Context(t, time.Minute)
 	p := newParts(t, ctx)
 	admin := p.member
-	for _, step := range []func() error{
-		func() error { _, err := admin.RoleAdd(ctx, "root"); return err },
-		func() error { _, err := admin.UserAdd(ctx, "root", "secret"); return err },
-		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
-		func() error { _, err := admin.RoleAdd(ctx, "a-reader"); return err },
-		func() error {
-			_, err := admin.RoleGrantPermission(ctx, "a-reader", "a/", "a0", clientv3.PermissionType(clientv3.PermRead))
-			return err
-		},
-		func() error { _, err := admin.UserAdd(ctx, "alice", "alice's secret"); return err },
-		func() error { _, err := admin.UserGrantRole(ctx, "alice", "a-reader"); return err },
-		func() error { _, err := admin.AuthEnable(ctx); return err },
-	} {
-		if err := step(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	root, err := clientv3.New(clientv3.Config{Endpoints: admin.Endpoints(), Username: "root", Password: "secret",
+	testenv.EnableAuth(ctx, t, admin, testenv.Reader{Name: "alice", Password: "alice's secret", Key: "a/", End: "a0"})
+	root, err := clientv3.New(clientv3.Config{Endpoints: admin.Endpoints(), Username: "root", Password: testenv.RootPassword,
 		DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)

@@ -110,3 +110,39 @@ func EventLog(ctx context.Context, t testing.TB, js jetstream.JetStream) *eventl
 	}
 	return l
 }
+
+// RootPassword is the password EnableAuth gives etcd's root user.
+const RootPassword = "secret"
+
+// Reader is an etcd user EnableAuth creates, allowed to read [Key, End) (End "": Key alone).
+type Reader struct {
+	Name, Password, Key, End string
+}
+
+// EnableAuth turns etcd's auth on through c (a client without credentials): a root user with
+// RootPassword, and each reader with a role of its own allowed to read its range.
+func EnableAuth(ctx context.Context, t testing.TB, c *clientv3.Client, readers ...Reader) {
+	t.Helper()
+	steps := []func() error{
+		func() error { _, err := c.RoleAdd(ctx, "root"); return err },
+		func() error { _, err := c.UserAdd(ctx, "root", RootPassword); return err },
+		func() error { _, err := c.UserGrantRole(ctx, "root", "root"); return err },
+	}
+	for _, r := range readers {
+		role := r.Name + "-reader"
+		steps = append(steps,
+			func() error { _, err := c.RoleAdd(ctx, role); return err },
+			func() error {
+				_, err := c.RoleGrantPermission(ctx, role, r.Key, r.End, clientv3.PermissionType(clientv3.PermRead))
+				return err
+			},
+			func() error { _, err := c.UserAdd(ctx, r.Name, r.Password); return err },
+			func() error { _, err := c.UserGrantRole(ctx, r.Name, role); return err })
+	}
+	steps = append(steps, func() error { _, err := c.AuthEnable(ctx); return err })
+	for _, step := range steps {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
