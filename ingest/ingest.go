@@ -14,6 +14,15 @@
 // retention), the missing revisions cannot be recovered. The Ingester does not skip them
 // silently: it moves the log forward with eventlog.Log.Jump, so gateways answer "compacted" for
 // the missing range exactly as etcd would, and logs a warning.
+//
+// # Active and standby workers
+//
+// With Options.Election, any number of Ingesters per log hold an election in etcd: one is
+// active, the others stand by, refreshing the log's tail and the member's revision every
+// Election.SyncInterval, and the oldest standby takes over once the active worker's session
+// lease (Election.TTL, the remove delay) expires. A clean stop revokes the lease, so the
+// next worker takes over at once. A worker steps down as soon as its session ends or another
+// key leads; until it notices, the fences above make whatever it still publishes harmless.
 package ingest
 
 import (
@@ -49,6 +58,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Meter records metrics. Default: no-op.
 	Meter metric.Meter
+	// Election, if set, makes this Ingester one of several workers for the log, of which one is
+	// active and the others stand by (see Election). Default nil: always active, for a single
+	// worker.
+	Election *Election
 }
 
 // Errors returned by an Ingester's attempt; Run logs them and resumes from the log's tail.
@@ -62,8 +75,11 @@ type Ingester struct {
 	o Options
 	m metrics
 
+	election Election // with defaults applied; used only when o.Election is set
+
 	published atomic.Int64 // last revision the log acknowledged
 	memberRev atomic.Int64 // newest member revision seen in a watch response header
+	active    atomic.Bool  // publishing now: always while running without an election
 }
 
 // New checks o and returns an Ingester. It does no I/O.
@@ -87,6 +103,12 @@ func New(o Options) (*Ingester, error) {
 		o.Meter = noop.NewMeterProvider().Meter("")
 	}
 	i := &Ingester{o: o}
+	if o.Election != nil {
+		if o.Election.Client == nil {
+			return nil, errors.New("ingest: Election.Client is required")
+		}
+		i.election = o.Election.withDefaults(o.Log.Stream())
+	}
 	if err := i.m.init(o.Meter, i); err != nil {
 		return nil, err
 	}
@@ -96,13 +118,29 @@ func New(o Options) (*Ingester, error) {
 // Published is the last revision the log has acknowledged from this Ingester (0 before any).
 func (i *Ingester) Published() int64 { return i.published.Load() }
 
-// Run ingests until ctx ends, resuming from the log's tail after every error. It returns nil
-// when ctx ends.
+// Active reports whether this Ingester is publishing now: always while Run runs without an
+// election; with one, only while it leads.
+func (i *Ingester) Active() bool { return i.active.Load() }
+
+// Run ingests until ctx ends, resuming from the log's tail after every error. With an Election
+// it first stands by until elected, and stands by again whenever it loses the lead. It returns
+// nil when ctx ends.
 func (i *Ingester) Run(ctx context.Context) error {
+	if i.o.Election != nil {
+		return i.runElected(ctx)
+	}
+	i.active.Store(true)
+	defer i.active.Store(false)
+	i.runActive(ctx)
+	return nil
+}
+
+// runActive ingests until ctx ends, resuming from the log's tail after every error.
+func (i *Ingester) runActive(ctx context.Context) {
 	for {
 		err := i.attempt(ctx)
 		if ctx.Err() != nil {
-			return nil
+			return
 		}
 		i.m.restarts.Add(ctx, 1)
 		if errors.Is(err, ErrCompacted) {
@@ -112,8 +150,18 @@ func (i *Ingester) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-time.After(i.o.RetryDelay):
+		}
+	}
+}
+
+// noteMemberRev records rev if it is the newest member revision seen.
+func (i *Ingester) noteMemberRev(rev int64) {
+	for {
+		cur := i.memberRev.Load()
+		if rev <= cur || i.memberRev.CompareAndSwap(cur, rev) {
+			return
 		}
 	}
 }
@@ -136,9 +184,7 @@ func (i *Ingester) attempt(ctx context.Context) error {
 	wch := i.o.Member.Watch(clientv3.WithRequireLeader(wctx), "", clientv3.WithFromKey(),
 		clientv3.WithRev(next), clientv3.WithPrevKV(), clientv3.WithProgressNotify())
 	for resp := range wch {
-		if resp.Header.Revision > i.memberRev.Load() {
-			i.memberRev.Store(resp.Header.Revision)
-		}
+		i.noteMemberRev(resp.Header.Revision)
 		if resp.CompactRevision != 0 {
 			return i.jump(wctx, p, next, resp.CompactRevision)
 		}

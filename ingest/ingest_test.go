@@ -22,18 +22,20 @@ type env struct {
 	js      jetstream.JetStream
 	log     *eventlog.Log
 	natsURL string
+	// endpoint is etcd's client URL, for workers that need clients of their own.
+	endpoint string
 }
 
-func newEnv(t *testing.T, ctx context.Context) *env {
+func newEnv(t testing.TB, ctx context.Context) *env {
 	e := testenv.Etcd(t)
 	ns := testenv.NATS(t)
 	_, js := testenv.JetStream(t, ns.ClientURL())
 	return &env{etcd: testenv.Client(t, e.Endpoint), js: js, log: testenv.EventLog(ctx, t, js),
-		natsURL: ns.ClientURL()}
+		natsURL: ns.ClientURL(), endpoint: e.Endpoint}
 }
 
 // start runs an ingester until the returned stop is called.
-func start(t *testing.T, ctx context.Context, o Options) (*Ingester, func()) {
+func start(t testing.TB, ctx context.Context, o Options) (*Ingester, func()) {
 	t.Helper()
 	ing, err := New(o)
 	if err != nil {
@@ -50,7 +52,7 @@ func start(t *testing.T, ctx context.Context, o Options) (*Ingester, func()) {
 }
 
 // waitPublished waits until the log's last revision reaches rev.
-func waitPublished(t *testing.T, ctx context.Context, l *eventlog.Log, rev int64) {
+func waitPublished(t testing.TB, ctx context.Context, l *eventlog.Log, rev int64) {
 	t.Helper()
 	for {
 		b, err := l.Bounds(ctx)
@@ -69,7 +71,7 @@ func waitPublished(t *testing.T, ctx context.Context, l *eventlog.Log, rev int64
 }
 
 // readLog reads revisions [from, to] from the log.
-func readLog(t *testing.T, ctx context.Context, l *eventlog.Log, from, to int64) [][]*mvccpb.Event {
+func readLog(t testing.TB, ctx context.Context, l *eventlog.Log, from, to int64) [][]*mvccpb.Event {
 	t.Helper()
 	cur, err := l.Follow(ctx, from, 0)
 	if err != nil {

@@ -115,6 +115,21 @@ func (p *process) stop(t *testing.T, sig os.Signal) string {
 	return p.stdout.String()
 }
 
+// wait waits for a process that exits by itself (30 s at most) and returns its stdout. It fails
+// the test if the process exits non-zero.
+func (p *process) wait(t *testing.T) string {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("watchgate %s still running after 30s; stderr:\n%s", p.name, p.stderr)
+	}
+	if p.err != nil {
+		t.Fatalf("watchgate %s exited with %v; stderr:\n%s", p.name, p.err, p.stderr)
+	}
+	return p.stdout.String()
+}
+
 // waitReady polls url until it answers 200, the process exits or ctx ends (a minute at most).
 func waitReady(ctx context.Context, t *testing.T, p *process, url string) {
 	t.Helper()
