@@ -88,6 +88,8 @@ func (c Config) streamConfig(first uint64) jetstream.StreamConfig {
 // Ensure opens the stream, creating it with FirstSeq = FirstRevision if it does not exist, and
 // applies the configured limits to an existing one. Ingest calls it; gateways call Bind.
 func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error) {
+	ctx, cancel := apiContext(ctx)
+	defer cancel()
 	cfg = cfg.withDefaults()
 	s, err := js.Stream(ctx, cfg.Stream)
 	switch {
@@ -117,6 +119,8 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, erro
 // Bind opens an existing stream without changing it. It returns ErrNoStream if ingest has not
 // created it yet.
 func Bind(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error) {
+	ctx, cancel := apiContext(ctx)
+	defer cancel()
 	cfg = cfg.withDefaults()
 	s, err := js.Stream(ctx, cfg.Stream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -137,8 +141,23 @@ type Bounds struct {
 // Compact is the log's compact revision: watches that start below it were compacted.
 func (b Bounds) Compact() int64 { return b.First - 1 }
 
+// APITimeout bounds each request a Log makes to the JetStream API when the caller's context
+// has no deadline of its own. A request whose reply was lost while the connection moved to
+// another server would otherwise wait forever.
+const APITimeout = 5 * time.Second
+
+// apiContext returns ctx, bounded by APITimeout if it has no deadline.
+func apiContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, APITimeout)
+}
+
 // Bounds reads the stream's current first and last revision from the server.
 func (l *Log) Bounds(ctx context.Context) (Bounds, error) {
+	ctx, cancel := apiContext(ctx)
+	defer cancel()
 	info, err := l.stream.Info(ctx)
 	if err != nil {
 		return Bounds{}, fmt.Errorf("eventlog: stream info: %w", err)
@@ -156,6 +175,8 @@ func (l *Log) Bounds(ctx context.Context) (Bounds, error) {
 // when the member has compacted past the log's end, so the missing range reads as compacted
 // instead of silently vanishing. The jump is also recorded in the stream's metadata.
 func (l *Log) Jump(ctx context.Context, next int64) error {
+	ctx, cancel := apiContext(ctx)
+	defer cancel()
 	b, err := l.Bounds(ctx)
 	if err != nil {
 		return err

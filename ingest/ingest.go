@@ -177,7 +177,10 @@ func (i *Ingester) attempt(ctx context.Context) error {
 
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	p := newPipeline(ctx, i.o.Log, i.o.MaxInFlight, i.o.AckTimeout, &i.published, &i.m, cancel)
+	p, err := newPipeline(ctx, i.o.Log, i.o.MaxInFlight, i.o.AckTimeout, &i.published, &i.m, cancel)
+	if err != nil {
+		return err
+	}
 	// Let the publishes in flight settle before the next attempt reads the tail.
 	defer p.close()
 

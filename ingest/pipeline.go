@@ -16,7 +16,11 @@ import (
 // pipeline publishes revisions asynchronously, in order, with a bounded number in flight, and
 // checks their acknowledgements in order on its own goroutine.
 type pipeline struct {
-	log       *eventlog.Log
+	log *eventlog.Log
+	// pub is this pipeline's own JetStream publishing context. Its pending acknowledgements
+	// expire after the ack timeout and are dropped when the pipeline closes, so publishes lost
+	// in an outage never count against the next attempt's in-flight limit.
+	pub       jetstream.JetStream
 	published *atomic.Int64
 	m         *metrics
 	fail      context.CancelCauseFunc // stops the attempt with the first publish error
@@ -37,9 +41,15 @@ type inflight struct {
 // newPipeline starts the acknowledgement loop; it stops waiting for acknowledgements when ctx
 // ends.
 func newPipeline(ctx context.Context, log *eventlog.Log, max int, timeout time.Duration,
-	published *atomic.Int64, m *metrics, fail context.CancelCauseFunc) *pipeline {
+	published *atomic.Int64, m *metrics, fail context.CancelCauseFunc) (*pipeline, error) {
+	pub, err := jetstream.New(log.JetStream().Conn(),
+		jetstream.WithPublishAsyncMaxPending(max+1), jetstream.WithPublishAsyncTimeout(timeout))
+	if err != nil {
+		return nil, fmt.Errorf("ingest: publisher: %w", err)
+	}
 	p := &pipeline{
 		log:       log,
+		pub:       pub,
 		timeout:   timeout,
 		published: published,
 		m:         m,
@@ -48,7 +58,7 @@ func newPipeline(ctx context.Context, log *eventlog.Log, max int, timeout time.D
 		done:      make(chan struct{}),
 	}
 	go p.ackLoop(ctx)
-	return p
+	return p, nil
 }
 
 // publish sends revision rev without waiting for its acknowledgement.
@@ -57,7 +67,7 @@ func (p *pipeline) publish(ctx context.Context, rev int64, evs []*mvccpb.Event) 
 	if err != nil {
 		return err
 	}
-	ack, err := p.log.JetStream().PublishMsgAsync(msg)
+	ack, err := p.pub.PublishMsgAsync(msg)
 	if err != nil {
 		return fmt.Errorf("ingest: publish %d: %w", rev, err)
 	}
@@ -105,8 +115,13 @@ func (p *pipeline) drain(ctx context.Context) error {
 	return context.Cause(ctx)
 }
 
-// close stops taking publishes and waits for the acknowledgement loop to finish.
+// close stops taking publishes, waits for the acknowledgement loop to finish and drops the
+// acknowledgements still pending.
 func (p *pipeline) close() {
-	p.closeOnce.Do(func() { close(p.inflight) })
+	p.closeOnce.Do(func() {
+		close(p.inflight)
+		<-p.done
+		p.pub.CleanupPublisher()
+	})
 	<-p.done
 }

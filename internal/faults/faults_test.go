@@ -3,6 +3,8 @@ package faults
 import (
 	"flag"
 	"fmt"
+	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -39,7 +41,10 @@ func TestFaults(t *testing.T) {
 	ec := startEtcdCluster(t, 3)
 	nc := startNATSCluster(t, 3)
 	w := &world{t: t, ctx: ctx, etcd: ec.Endpoints(), natsURLs: strings.Join(nc.URLs(), ","),
-		logCfg: eventlog.Config{Replicas: 3}, ttl: 2 * time.Second}
+		logCfg: eventlog.Config{Replicas: 3}, ttl: 2 * time.Second, logger: slog.New(slog.DiscardHandler)}
+	if testing.Verbose() {
+		w.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	w.startWorker("ingest-0")
 	w.startWorker("ingest-1")
 	for range 3 {
@@ -134,6 +139,12 @@ func TestFaults(t *testing.T) {
 	w.waitProgress(direct, hold)
 	l.stop()
 	l.wg.Wait()
+	// What clients saw in each phase, logged before the checks so a failed run still shows it.
+	for _, pr := range l.report(phases) {
+		t.Logf("%-22s writes ok %5d failed %4d, longest write gap %8v; delivery p50 %8v max %8v; errors %v",
+			pr.Phase, pr.WritesOK, pr.WritesFailed, pr.LongestWriteGap.Round(time.Millisecond),
+			pr.P50Deliver.Round(time.Millisecond), pr.MaxDelivery.Round(time.Millisecond), pr.Errors)
+	}
 
 	// The checks: every watcher against etcd's history, the log against it, every replica's
 	// keyspace against etcd's.
@@ -153,11 +164,6 @@ func TestFaults(t *testing.T) {
 		t.Error(v)
 	}
 	t.Logf("%d revisions, %d watchers checked against etcd's history", len(h.Revisions), len(l.watchers))
-	for _, pr := range l.report(phases) {
-		t.Logf("%-22s writes ok %5d failed %4d, longest write gap %8v; delivery p50 %8v max %8v; errors %v",
-			pr.Phase, pr.WritesOK, pr.WritesFailed, pr.LongestWriteGap.Round(time.Millisecond),
-			pr.P50Deliver.Round(time.Millisecond), pr.MaxDelivery.Round(time.Millisecond), pr.Errors)
-	}
 }
 
 // waitActive waits for an active ingest worker.

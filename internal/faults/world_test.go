@@ -2,6 +2,7 @@ package faults
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -28,6 +29,7 @@ type world struct {
 	natsURLs string   // comma-separated
 	logCfg   eventlog.Config
 	ttl      time.Duration // ingest election TTL
+	logger   *slog.Logger  // warnings of the parts, on stderr with -v
 
 	mu       sync.Mutex
 	workers  []*worker  // guarded by mu
@@ -79,8 +81,8 @@ func (w *world) startWorker(name string) *worker {
 		w.t.Fatal(err)
 	}
 	ing, err := ingest.New(ingest.Options{Member: c, Log: log, RetryDelay: 50 * time.Millisecond,
-		AckTimeout: 2 * time.Second,
-		Election:   &ingest.Election{Client: c, TTL: w.ttl, Name: name, SyncInterval: 100 * time.Millisecond}})
+		AckTimeout: 2 * time.Second, Logger: w.logger.With("ingest", name),
+		Election: &ingest.Election{Client: c, TTL: w.ttl, Name: name, SyncInterval: 100 * time.Millisecond}})
 	if err != nil {
 		w.t.Fatal(err)
 	}
