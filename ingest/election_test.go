@@ -7,12 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/protobuf/testing/protocmp"
 
-	"github.com/watchgate/watchgate/eventlog"
 	"github.com/watchgate/watchgate/internal/testenv"
 )
 
@@ -186,13 +183,7 @@ func TestElectionStandbyTakesOver(t *testing.T) {
 	if err := <-writes; err != nil {
 		t.Fatal(err)
 	}
-	last := testenv.Rev(ctx, t, env.etcd)
-	waitPublished(t, ctx, env.log, last)
-	want := testenv.History(ctx, t, env.etcd, eventlog.FirstRevision, last)
-	got := readLog(t, ctx, env.log, eventlog.FirstRevision, last)
-	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
-		t.Fatalf("log differs from etcd history (-want +got):\n%s", diff)
-	}
+	logMatchesEtcd(t, ctx, env)
 }
 
 // TestElectionDeposedStepsDown ends the active worker's session from outside, as an expiry
@@ -236,11 +227,5 @@ func TestElectionDeposedStepsDown(t *testing.T) {
 	if err := <-writes; err != nil {
 		t.Fatal(err)
 	}
-	last := testenv.Rev(ctx, t, env.etcd)
-	waitPublished(t, ctx, env.log, last)
-	want := testenv.History(ctx, t, env.etcd, eventlog.FirstRevision, last)
-	got := readLog(t, ctx, env.log, eventlog.FirstRevision, last)
-	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
-		t.Fatalf("log differs from etcd history (-want +got):\n%s", diff)
-	}
+	logMatchesEtcd(t, ctx, env)
 }

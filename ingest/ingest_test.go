@@ -70,6 +70,20 @@ func waitPublished(t testing.TB, ctx context.Context, l *eventlog.Log, rev int64
 	}
 }
 
+// logMatchesEtcd waits until the log holds etcd's current revision and checks that it is
+// identical to etcd's history. It returns that revision.
+func logMatchesEtcd(t testing.TB, ctx context.Context, env *env) int64 {
+	t.Helper()
+	last := testenv.Rev(ctx, t, env.etcd)
+	waitPublished(t, ctx, env.log, last)
+	want := testenv.History(ctx, t, env.etcd, eventlog.FirstRevision, last)
+	got := readLog(t, ctx, env.log, eventlog.FirstRevision, last)
+	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+		t.Fatalf("log differs from etcd history (-want +got):\n%s", diff)
+	}
+	return last
+}
+
 // readLog reads revisions [from, to] from the log.
 func readLog(t testing.TB, ctx context.Context, l *eventlog.Log, from, to int64) [][]*mvccpb.Event {
 	t.Helper()
@@ -303,13 +317,7 @@ func TestIngestTwoWorkersConverge(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	last := testenv.Rev(ctx, t, env.etcd)
-	waitPublished(t, ctx, env.log, last)
-	want := testenv.History(ctx, t, env.etcd, eventlog.FirstRevision, last)
-	got := readLog(t, ctx, env.log, eventlog.FirstRevision, last)
-	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
-		t.Fatalf("log differs from etcd history (-want +got):\n%s", diff)
-	}
+	last := logMatchesEtcd(t, ctx, env)
 	b, err := env.log.Bounds(ctx)
 	if err != nil {
 		t.Fatal(err)
