@@ -436,11 +436,11 @@ func (st *watchStream) forget(w *watcher) {
 }
 
 // sendCompacted tells the client that w's history is gone, as etcd does: canceled, with the
-// compact revision from which it may watch again. w must already be removed from the hub.
+// compact revision from which it may watch again, and a header without a revision (etcd's
+// compaction notice carries none). w must already be removed from the hub.
 func (st *watchStream) sendCompacted(w *watcher, compact int64) {
 	st.forget(w)
-	applied, _ := st.s.hub.status()
-	st.send(nil, outMsg{resp: &pb.WatchResponse{Header: st.s.header(applied), WatchId: w.id,
+	st.send(nil, outMsg{resp: &pb.WatchResponse{Header: st.s.header(0), WatchId: w.id,
 		CompactRevision: compact, Canceled: true}})
 }
 
