@@ -34,6 +34,13 @@ type Cursor struct {
 // DefaultCursorBuffer is how many messages a cursor buffers ahead of its reader.
 const DefaultCursorBuffer = 512
 
+// cursorHeartbeat is how often the server tells an idle cursor it is still there. A cursor
+// whose consumer vanished (its JetStream node died) notices after two missed heartbeats and
+// recreates the consumer where it left off, so this bounds a replica's pause when it loses the
+// node serving its consumer. The client's default for ordered consumers, 5 s, made that pause
+// 10 s.
+const cursorHeartbeat = time.Second
+
 // Follow opens a cursor at revision from. buffer bounds the messages fetched ahead of the reader
 // (0 means DefaultCursorBuffer).
 func (l *Log) Follow(ctx context.Context, from int64, buffer int) (*Cursor, error) {
@@ -50,7 +57,7 @@ func (l *Log) Follow(ctx context.Context, from int64, buffer int) (*Cursor, erro
 	if err != nil {
 		return nil, fmt.Errorf("eventlog: follow from %d: %w", from, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(buffer))
+	it, err := cons.Messages(jetstream.PullMaxMessages(buffer), jetstream.PullHeartbeat(cursorHeartbeat))
 	if err != nil {
 		return nil, fmt.Errorf("eventlog: follow from %d: %w", from, err)
 	}

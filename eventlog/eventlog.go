@@ -141,16 +141,14 @@ type Bounds struct {
 // Compact is the log's compact revision: watches that start below it were compacted.
 func (b Bounds) Compact() int64 { return b.First - 1 }
 
-// APITimeout bounds each request a Log makes to the JetStream API when the caller's context
-// has no deadline of its own. A request whose reply was lost while the connection moved to
-// another server would otherwise wait forever.
+// APITimeout bounds each call a Log makes to the JetStream API, within whatever deadline the
+// caller's context has. A request whose reply was lost while the connection moved to another
+// server would otherwise wait as long as the caller's context: forever, or for a long-lived
+// deadline.
 const APITimeout = 5 * time.Second
 
-// apiContext returns ctx, bounded by APITimeout if it has no deadline.
+// apiContext returns ctx bounded by APITimeout, or by its own deadline if that comes sooner.
 func apiContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return ctx, func() {}
-	}
 	return context.WithTimeout(ctx, APITimeout)
 }
 

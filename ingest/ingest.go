@@ -50,7 +50,9 @@ type Options struct {
 	// MaxInFlight bounds the publishes awaiting acknowledgement. Default 1024.
 	MaxInFlight int
 	// AckTimeout is how long the log may take to acknowledge one publish before ingest treats it
-	// as failed and resumes from the tail. Default 10 s.
+	// as failed and resumes from the tail. A publish in flight when the stream's leader is lost
+	// is never acknowledged, so this bounds ingest's pause across a leader change. Default
+	// DefaultAckTimeout.
 	AckTimeout time.Duration
 	// RetryDelay is the pause before resuming after an error. Default 500 ms.
 	RetryDelay time.Duration
@@ -63,6 +65,10 @@ type Options struct {
 	// worker.
 	Election *Election
 }
+
+// DefaultAckTimeout is Options.AckTimeout's default: longer than a healthy cluster's slowest
+// acknowledgement under load, shorter than the pause a lost stream leader would otherwise cause.
+const DefaultAckTimeout = 3 * time.Second
 
 // Errors returned by an Ingester's attempt; Run logs them and resumes from the log's tail.
 var (
@@ -91,7 +97,7 @@ func New(o Options) (*Ingester, error) {
 		o.MaxInFlight = 1024
 	}
 	if o.AckTimeout <= 0 {
-		o.AckTimeout = 10 * time.Second
+		o.AckTimeout = DefaultAckTimeout
 	}
 	if o.RetryDelay <= 0 {
 		o.RetryDelay = 500 * time.Millisecond

@@ -42,8 +42,11 @@ type inflight struct {
 // ends.
 func newPipeline(ctx context.Context, log *eventlog.Log, max int, timeout time.Duration,
 	published *atomic.Int64, m *metrics, fail context.CancelCauseFunc) (*pipeline, error) {
+	// Registered acknowledgements: up to max in the channel, one ackLoop is waiting for and one
+	// publish is registering, so the publisher's own cap never stalls a publish before the
+	// channel would block it.
 	pub, err := jetstream.New(log.JetStream().Conn(),
-		jetstream.WithPublishAsyncMaxPending(max+1), jetstream.WithPublishAsyncTimeout(timeout))
+		jetstream.WithPublishAsyncMaxPending(max+2), jetstream.WithPublishAsyncTimeout(timeout))
 	if err != nil {
 		return nil, fmt.Errorf("ingest: publisher: %w", err)
 	}

@@ -137,7 +137,7 @@ func TestCommandFlags(t *testing.T) {
 			"etcd-client-addr": "127.0.0.1:12379", "etcd-peer-addr": "127.0.0.1:12380", "nats-port": "14222",
 		}},
 		"ingest": {shared, limits, upstream, {"log-replicas": "1", "listen-http": "127.0.0.1:9380",
-			"election": "true", "election-endpoints": "", "election-prefix": "", "election-ttl": "5s",
+			"ack-timeout": "3s", "election": "true", "election-endpoints": "", "election-prefix": "", "election-ttl": "5s",
 			"standby-sync-interval": "5s", "name": ""}},
 		"gateway": {shared, tuning, upstream, {"listen-client": "127.0.0.1:2379", "listen-http": "127.0.0.1:9379", "shutdown-timeout": "10s"}},
 		// bench without a scenario has only its common flags; TestRunMainUsage covers a scenario's.

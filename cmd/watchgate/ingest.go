@@ -38,6 +38,7 @@ type ingestCmd struct {
 	log        eventLogFlags
 	election   electionFlags
 	listenHTTP string
+	ackTimeout time.Duration
 	out        logOutputFlags
 }
 
@@ -95,6 +96,7 @@ func (c *ingestCmd) register(fs *flag.FlagSet) {
 		return
 	}
 	fs.StringVar(&c.listenHTTP, "listen-http", "127.0.0.1:9380", "`host:port` serving /healthz, /status and /metrics, or off")
+	fs.DurationVar(&c.ackTimeout, "ack-timeout", ingest.DefaultAckTimeout, "how `long` the log may take to acknowledge a publish before ingest resumes from its tail (bounds the pause when the stream's leader is lost)")
 	c.out.register(fs)
 }
 
@@ -121,10 +123,11 @@ func (c *ingestCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return err
 	}
 	opts := ingest.Options{
-		Member: up.Member,
-		Log:    log,
-		Logger: lg.With("component", "ingest"),
-		Meter:  tel.Meter,
+		Member:     up.Member,
+		Log:        log,
+		AckTimeout: c.ackTimeout,
+		Logger:     lg.With("component", "ingest"),
+		Meter:      tel.Meter,
 	}
 
 	mux := http.NewServeMux()
