@@ -242,9 +242,27 @@ func (h *hub) compactLocked(rev int64) {
 	h.synced.all(func(w *watcher) {
 		if w.start <= rev {
 			h.removeLocked(w)
-			go w.stream.sendCompacted(w, h.compact) // never block the hub on a stream
+			go w.stream.sendCompacted(w, h.compactRevLocked()) // never block the hub on a stream
 		}
 	})
+}
+
+// compactRev is compactRevLocked, taking the lock.
+func (h *hub) compactRev() int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.compactRevLocked()
+}
+
+// compactRevLocked is the compact revision clients are told, in etcd's sense: the lowest
+// revision a watch may start from. Revisions up to h.compact are gone, so that is h.compact+1,
+// except while nothing has been lost: then h.compact is revision 1, the empty start of every
+// etcd history, and a watch from it misses nothing.
+func (h *hub) compactRevLocked() int64 {
+	if h.compact < eventlog.FirstRevision {
+		return h.compact
+	}
+	return h.compact + 1
 }
 
 // Errors from registering a watcher.
@@ -255,8 +273,8 @@ var errCompacted = errors.New("gateway: start revision compacted")
 func (h *hub) add(w *watcher, start int64) (int64, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if start < h.compact {
-		return h.compact, errCompacted
+	if c := h.compactRevLocked(); start < c {
+		return c, errCompacted
 	}
 	h.watchers++
 	next := max(start, h.compact+1)
@@ -328,8 +346,9 @@ func (h *hub) catchUp(w *watcher) {
 			return
 		case w.next <= h.compact:
 			h.removeLocked(w)
+			c := h.compactRevLocked()
 			h.mu.Unlock()
-			w.stream.sendCompacted(w, h.compact)
+			w.stream.sendCompacted(w, c)
 			return
 		case w.next > h.applied:
 			w.start = w.next

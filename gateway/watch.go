@@ -389,8 +389,10 @@ func (st *watchStream) create(cr *pb.WatchCreateRequest) {
 	}
 	st.send(nil, outMsg{resp: &pb.WatchResponse{Header: s.header(headerRev), WatchId: id, Created: true}})
 	if cr.StartRevision < memberCompact {
+		// etcd's compact revision, unless the log lost more than etcd did: then the first
+		// revision a watch can start from here, so the client is not sent back twice.
 		w.cancel()
-		st.sendCompacted(w, memberCompact)
+		st.sendCompacted(w, max(memberCompact, s.hub.compactRev()))
 		return
 	}
 	compact, err := s.hub.add(w, start)
