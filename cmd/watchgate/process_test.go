@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +18,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/watchgate/watchgate/internal/testenv"
 )
 
 // Helpers for the end-to-end tests, which run the real binary as a subprocess.
@@ -34,25 +35,14 @@ func buildWatchgate(ctx context.Context, t *testing.T) string {
 	return bin
 }
 
-// freePorts returns n distinct free loopback ports. They are free when returned; another
-// process could take one before the binary listens, which the test would report as a start
-// failure.
+// freePorts returns n distinct free loopback ports (see testenv.Ports), as flag values.
 func freePorts(t *testing.T, n int) []string {
 	t.Helper()
-	var ports []string
-	var lis []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		lis = append(lis, l)
-		ports = append(ports, strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
+	var out []string
+	for _, p := range testenv.Ports(t, n) {
+		out = append(out, strconv.Itoa(p))
 	}
-	for _, l := range lis {
-		l.Close()
-	}
-	return ports
+	return out
 }
 
 // process is a running watchgate subcommand.

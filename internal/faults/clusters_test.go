@@ -1,9 +1,7 @@
 package faults
 
 import (
-	"context"
 	"fmt"
-	"net"
 	"net/url"
 	"path/filepath"
 	"strconv"
@@ -12,33 +10,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
-	"github.com/watchgate/watchgate/eventlog"
+	"github.com/watchgate/watchgate/internal/testenv"
 )
-
-// freePorts returns n free loopback ports, so that a restarted server can come back on its own.
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	var out []int
-	var ls []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return out
-}
 
 // etcdCluster is a 3-member embedded etcd cluster whose members can be killed and restarted.
 type etcdCluster struct {
@@ -50,7 +26,7 @@ type etcdCluster struct {
 
 func startEtcdCluster(t testing.TB, n int) *etcdCluster {
 	t.Helper()
-	ports := freePorts(t, 2*n)
+	ports := testenv.Ports(t, 2*n)
 	var initial []string
 	c := &etcdCluster{members: make([]*embed.Etcd, n)}
 	for i := range n {
@@ -155,136 +131,4 @@ func (c *etcdCluster) Restart(t testing.TB, i int) {
 	if err := c.start(i); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// natsCluster is a 3-node NATS JetStream cluster whose nodes can be killed and restarted.
-type natsCluster struct {
-	opts []*server.Options
-
-	mu    sync.Mutex
-	nodes []*server.Server // guarded by mu; nil while killed
-}
-
-func startNATSCluster(t testing.TB, n int) *natsCluster {
-	t.Helper()
-	ports := freePorts(t, 2*n)
-	c := &natsCluster{nodes: make([]*server.Server, n)}
-	var routes []*url.URL
-	for i := range n {
-		routes = append(routes, &url.URL{Scheme: "nats", Host: "127.0.0.1:" + strconv.Itoa(ports[2*i+1])})
-	}
-	for i := range n {
-		c.opts = append(c.opts, &server.Options{
-			ServerName: fmt.Sprintf("n%d", i),
-			Host:       "127.0.0.1",
-			Port:       ports[2*i],
-			JetStream:  true,
-			StoreDir:   filepath.Join(t.TempDir(), fmt.Sprintf("n%d", i)),
-			MaxPayload: 8 << 20,
-			NoSigs:     true,
-			Cluster: server.ClusterOpts{
-				Name: "watchgate", Host: "127.0.0.1", Port: ports[2*i+1],
-			},
-			Routes:                 routes,
-			DisableJetStreamBanner: true,
-		})
-	}
-	for i := range n {
-		c.start(t, i)
-	}
-	t.Cleanup(func() {
-		for i := range n {
-			c.Kill(t, i)
-		}
-	})
-	// Ready once the JetStream meta group has a leader.
-	for range 1000 {
-		c.mu.Lock()
-		for _, s := range c.nodes {
-			if s.JetStreamIsLeader() {
-				c.mu.Unlock()
-				return c
-			}
-		}
-		c.mu.Unlock()
-		time.Sleep(10 * time.Millisecond) // polling an election, not timing logic
-	}
-	t.Fatal("the JetStream cluster elected no meta leader")
-	return nil
-}
-
-func (c *natsCluster) start(t testing.TB, i int) {
-	t.Helper()
-	o := *c.opts[i]
-	s, err := server.NewServer(&o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(30 * time.Second) {
-		t.Fatalf("NATS node %d not ready", i)
-	}
-	c.mu.Lock()
-	c.nodes[i] = s
-	c.mu.Unlock()
-}
-
-// URLs are the nodes' client URLs.
-func (c *natsCluster) URLs() []string {
-	var out []string
-	for _, o := range c.opts {
-		out = append(out, fmt.Sprintf("nats://127.0.0.1:%d", o.Port))
-	}
-	return out
-}
-
-// StreamLeader returns the index of the node that leads the log's stream.
-func (c *natsCluster) StreamLeader(ctx context.Context, t testing.TB, cfg eventlog.Config) int {
-	t.Helper()
-	nc, err := nats.Connect(strings.Join(c.URLs(), ","))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := cfg.Stream
-	if name == "" {
-		name = "WATCHGATE"
-	}
-	s, err := js.Stream(ctx, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil || info.Cluster == nil {
-		t.Fatalf("stream info: %v", err)
-	}
-	for i, o := range c.opts {
-		if o.ServerName == info.Cluster.Leader {
-			return i
-		}
-	}
-	t.Fatalf("stream leader %q is not a node of the cluster", info.Cluster.Leader)
-	return -1
-}
-
-// Kill shuts node i down.
-func (c *natsCluster) Kill(t testing.TB, i int) {
-	c.mu.Lock()
-	s := c.nodes[i]
-	c.nodes[i] = nil
-	c.mu.Unlock()
-	if s != nil {
-		s.Shutdown()
-		s.WaitForShutdown()
-	}
-}
-
-// Restart starts node i again on its store dir and ports.
-func (c *natsCluster) Restart(t testing.TB, i int) {
-	t.Helper()
-	c.start(t, i)
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,11 +65,12 @@ func (w *world) etcdClient(unaryRetries uint) *clientv3.Client {
 
 // worker is one ingest process.
 type worker struct {
-	name string
-	ing  *ingest.Ingester
-	etcd *clientv3.Client
-	nc   *nats.Conn
-	done chan struct{}
+	name   string
+	ing    *ingest.Ingester
+	etcd   *clientv3.Client
+	nc     *nats.Conn
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 // startWorker starts an elected ingest worker.
@@ -86,20 +88,23 @@ func (w *world) startWorker(name string) *worker {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	wk := &worker{name: name, ing: ing, etcd: c, nc: nc, done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(w.ctx)
+	wk := &worker{name: name, ing: ing, etcd: c, nc: nc, cancel: cancel, done: make(chan struct{})}
 	go func() { defer close(wk.done); _ = ing.Run(ctx) }()
-	w.t.Cleanup(func() { cancel(); wk.kill() })
+	w.t.Cleanup(wk.kill)
 	w.mu.Lock()
 	w.workers = append(w.workers, wk)
 	w.mu.Unlock()
 	return wk
 }
 
-// kill cuts a worker off as a crash would: its lease is left to expire.
+// kill cuts a worker off as a crash would: its connections go first, so its lease is left to
+// expire and nothing more reaches the log; then its goroutines stop, as the process would.
 func (wk *worker) kill() {
 	wk.nc.Close()
 	wk.etcd.Close()
+	wk.cancel()
+	<-wk.done
 }
 
 // active returns the active worker, or nil.
@@ -123,9 +128,10 @@ type replica struct {
 	nc     *nats.Conn
 	cancel context.CancelFunc
 	done   chan struct{}
+	dead   atomic.Bool // killed
 }
 
-// startReplica starts a gateway replica on addr ("127.0.0.1:0" for a new one).
+// startReplica starts a gateway replica on addr.
 func (w *world) startReplica(addr string) *replica {
 	w.t.Helper()
 	member := w.etcdClient(1)
@@ -156,6 +162,7 @@ func (w *world) startReplica(addr string) *replica {
 
 // kill stops a replica abruptly: connections drop without a drain.
 func (r *replica) kill() {
+	r.dead.Store(true)
 	r.grpc.Stop()
 	r.cancel()
 	<-r.done
