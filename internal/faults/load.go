@@ -192,20 +192,27 @@ func (l *Load) Write(ctx context.Context, c *clientv3.Client, n int, pace time.D
 	l.writing.Go(func() { l.write(ctx, c, n, pace) })
 }
 
-// WaitWriters waits until every writer has stopped (their context ended).
+// WaitWriters waits until every writer has stopped (their context ended) and its last request
+// has been answered.
 func (l *Load) WaitWriters() { l.writing.Wait() }
 
-func (l *Load) write(ctx context.Context, c *clientv3.Client, n int, pace time.Duration) {
+// writeTimeout bounds one write. A write is never canceled by the writer's stop: a canceled
+// request may still reach etcd and commit after the caller gave up on it, after the revision
+// a test reads as the last one.
+const writeTimeout = 20 * time.Second
+
+func (l *Load) write(stop context.Context, c *clientv3.Client, n int, pace time.Duration) {
 	rng := rand.New(rand.NewPCG(uint64(n), 7))
 	tick := time.NewTicker(pace) // a steady load, not timing logic
 	defer tick.Stop()
 	var lastOK time.Time
 	for i := 0; ; i++ {
 		select {
-		case <-ctx.Done():
+		case <-stop.Done():
 			return
 		case <-tick.C:
 		}
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(stop), writeTimeout)
 		key := func() string { return fmt.Sprintf("k/%d/%02d", n, rng.IntN(40)) }
 		k := key()
 		var rev int64
@@ -227,9 +234,7 @@ func (l *Load) write(ctx context.Context, c *clientv3.Client, n int, pace time.D
 				rev = r.Header.Revision
 			}
 		}
-		if ctx.Err() != nil {
-			return
-		}
+		cancel()
 		now := time.Now()
 		l.mu.Lock()
 		ph := l.phases[len(l.phases)-1]
