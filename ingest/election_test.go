@@ -28,6 +28,9 @@ type worker struct {
 // expire. The returned wait waits for the worker's goroutines to end.
 func (w *worker) kill() (wait func()) {
 	w.nc.Close()
+	// The connection goes first, as in a crash: closing the client alone ends the session's
+	// keep-alive before the connection, and the worker's own revoke could still get through.
+	w.etcd.ActiveConnection().Close()
 	w.etcd.Close()
 	done := make(chan struct{})
 	go func() { w.stop(); close(done) }()

@@ -24,7 +24,7 @@ import (
 // world is a whole deployment whose parts can be killed and restarted: the etcd cluster, the
 // JetStream cluster, elected ingest workers and gateway replicas on fixed loopback addresses.
 type world struct {
-	t        *testing.T
+	t        testing.TB
 	ctx      context.Context
 	etcd     []string // etcd client URLs
 	natsURLs string   // comma-separated
@@ -102,6 +102,9 @@ func (w *world) startWorker(name string) *worker {
 // expire and nothing more reaches the log; then its goroutines stop, as the process would.
 func (wk *worker) kill() {
 	wk.nc.Close()
+	// The connection goes first: closing the client alone ends the session's keep-alive
+	// before the connection, and the worker's own revoke could still get through.
+	wk.etcd.ActiveConnection().Close()
 	wk.etcd.Close()
 	wk.cancel()
 	<-wk.done
