@@ -145,8 +145,7 @@ func (f *forwarder) crash() {
 func measureDeath(ctx context.Context, b *testing.B, writer *clientv3.Client,
 	servers func(i int) (victim, other string, kill, restart func())) {
 	// The beat: a put of a counter every 5 ms.
-	beat := make(chan int64, 1) // the last value put
-	var lastPut atomic.Int64
+	var lastPut atomic.Int64 // the last value put
 	wctx, stopWriting := context.WithCancel(ctx)
 	writing := make(chan error, 1)
 	go func() {
@@ -168,16 +167,10 @@ func measureDeath(ctx context.Context, b *testing.B, writer *clientv3.Client,
 				return
 			}
 			lastPut.Store(n)
-			select {
-			case <-beat:
-			default:
-			}
-			beat <- n
 		}
 	}()
 
 	var took []time.Duration
-	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		victim, other, kill, restart := servers(i)
 		// A client whose watch is on the victim, and which knows the other server once it is.
@@ -211,6 +204,8 @@ func measureDeath(ctx context.Context, b *testing.B, writer *clientv3.Client,
 					if len(resp.Events) > 0 {
 						return last, time.Now()
 					}
+				case err := <-writing:
+					b.Fatalf("the writer stopped: %v", err)
 				case <-time.After(30 * time.Second): // a bound on a hang, not timing logic
 					b.Fatalf("no event for 30s after value %d", last)
 				}
@@ -230,20 +225,13 @@ func measureDeath(ctx context.Context, b *testing.B, writer *clientv3.Client,
 			}
 		}
 		// Let the watch catch up with the puts made meanwhile: one target, as the beat goes on.
-		var target int64
-		select {
-		case target = <-beat:
-		case err := <-writing:
-			b.Fatalf("the writer stopped: %v", err)
-		}
-		for last < target {
+		for target := lastPut.Load(); last < target; {
 			next()
 		}
 		cancel()
 		c.Close()
 		restart()
 	}
-	b.StopTimer()
 	stopWriting()
 	if err := <-writing; err != nil {
 		b.Fatal(err)
