@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
@@ -21,7 +22,7 @@ import (
 // The election decides who should publish; it does not make publishing safe. The log's fences do
 // that (see eventlog.NewMsg): a deposed worker that has not noticed yet can only repeat, never
 // reorder or duplicate, a revision its successor publishes, and it stops as soon as its session
-// ends or another key leads.
+// ends or its election key is deleted (only then can another key lead).
 type Election struct {
 	// Client is a client of the etcd cluster that holds the election. Required.
 	Client *clientv3.Client
@@ -86,7 +87,7 @@ type Candidate struct {
 func (i *Ingester) runElected(ctx context.Context) error {
 	for {
 		err := i.term(ctx)
-		i.active.Store(false)
+		i.lead.Store(nil)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -143,25 +144,32 @@ func (i *Ingester) term(ctx context.Context) error {
 		return fmt.Errorf("ingest: campaign: %w", err)
 	}
 	// Campaign returns once every older key is gone; make sure ours is still there.
-	if r, err := el.Client.Get(tctx, e.Key()); err != nil {
+	r, err := el.Client.Get(tctx, e.Key())
+	if err != nil {
 		return fmt.Errorf("ingest: election: %w", err)
-	} else if len(r.Kvs) == 0 || clientv3.LeaseID(r.Kvs[0].Lease) != s.Lease() {
+	}
+	if len(r.Kvs) == 0 || clientv3.LeaseID(r.Kvs[0].Lease) != s.Lease() {
 		return ErrDeposed
 	}
+	// Ours is the oldest key, so another worker can lead only once it is deleted: watching it
+	// notices a deposition from the delete itself, no later than the next worker can act on it.
 	go func() {
-		for r := range e.Observe(tctx) {
-			if len(r.Kvs) > 0 && string(r.Kvs[0].Key) != e.Key() {
-				cancel(ErrDeposed)
-				return
+		for wr := range el.Client.Watch(tctx, e.Key(), clientv3.WithRev(r.Header.Revision+1)) {
+			for _, ev := range wr.Events {
+				if ev.Type == mvccpb.DELETE {
+					cancel(ErrDeposed)
+					return
+				}
 			}
 		}
 	}()
 
 	i.o.Logger.Info("elected active ingest worker", "name", el.Name, "key", e.Key())
-	i.active.Store(true)
+	// Active from now until the term ends, the moment it is canceled, not once ingest has
+	// wound down.
+	i.lead.Store(&tctx)
 	i.m.takeovers.Add(ctx, 1)
 	i.runActive(tctx)
-	i.active.Store(false)
 	return context.Cause(tctx)
 }
 

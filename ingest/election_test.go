@@ -218,7 +218,17 @@ func TestElectionDeposedStepsDown(t *testing.T) {
 	at := first.ing.Published()
 	second := activeOf(t, ctx, env, slices.DeleteFunc(slices.Clone(ws), func(w *worker) bool { return w == first }), at)
 	t.Logf("%s deposed at revision %d; %s took over", first.name, at, second.name)
-	// The deposed worker campaigns again and waits behind the new leader.
+	// The deposed worker notices from the delete of its key, as the new leader does; the two
+	// are separate processes, so it may notice a moment after the other took over (the log's
+	// fences make anything it publishes meanwhile harmless, which logMatchesEtcd checks).
+	for first.ing.Active() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s still active after %s took over", first.name, second.name)
+		case <-time.After(time.Millisecond): // polling a condition
+		}
+	}
+	// Then it campaigns again and waits behind the new leader.
 	for range 20 {
 		if first.ing.Active() {
 			t.Fatalf("%s still active after %s took over", first.name, second.name)

@@ -85,7 +85,9 @@ type Ingester struct {
 
 	published atomic.Int64 // last revision the log acknowledged
 	memberRev atomic.Int64 // newest member revision seen in a watch response header
-	active    atomic.Bool  // publishing now: always while running without an election
+	// lead is the context this worker publishes under (Run's, or its election term's); nil
+	// while it stands by. It is active while that context is live.
+	lead atomic.Pointer[context.Context]
 }
 
 // New checks o and returns an Ingester. It does no I/O.
@@ -126,7 +128,10 @@ func (i *Ingester) Published() int64 { return i.published.Load() }
 
 // Active reports whether this Ingester is publishing now: always while Run runs without an
 // election; with one, only while it leads.
-func (i *Ingester) Active() bool { return i.active.Load() }
+func (i *Ingester) Active() bool {
+	c := i.lead.Load()
+	return c != nil && (*c).Err() == nil
+}
 
 // Run ingests until ctx ends, resuming from the log's tail after every error. With an Election
 // it first stands by until elected, and stands by again whenever it loses the lead. It returns
@@ -135,8 +140,8 @@ func (i *Ingester) Run(ctx context.Context) error {
 	if i.o.Election != nil {
 		return i.runElected(ctx)
 	}
-	i.active.Store(true)
-	defer i.active.Store(false)
+	i.lead.Store(&ctx)
+	defer i.lead.Store(nil)
 	i.runActive(ctx)
 	return nil
 }

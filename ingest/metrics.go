@@ -36,7 +36,7 @@ func (m *metrics) init(meter metric.Meter, i *Ingester) error {
 		metric.WithDescription("1 while this worker publishes to the event log, 0 while it stands by."),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
 			var v int64
-			if i.active.Load() {
+			if i.Active() {
 				v = 1
 			}
 			o.Observe(v)
